@@ -1,0 +1,3 @@
+"""lbsplit: staged (canary) releases on plain nginx."""
+
+__version__ = "0.1.0"

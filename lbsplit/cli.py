@@ -1,0 +1,248 @@
+"""The command line: parse, call the library, turn LbsplitError into a message and an exit code."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__, files
+from .apply import Transaction, install_only, plan
+from .config import Settings, find_config, load
+from .errors import LbsplitError
+from .model import Stage, parse_percent
+from .nginx import Nginx
+from .state import StateStore
+
+PERCENT_ARG = {"ignore_unknown_options": True}  # so that "-5" reaches our own validation
+
+
+class Context:
+    def __init__(self, config: str | None):
+        self.config_path = find_config(config)
+
+    def settings(self, for_revert: bool = False) -> Settings:
+        return load(self.config_path, for_revert=for_revert)
+
+
+def run(fn):
+    """Call the library; expected failures become one message and the error's exit code."""
+    try:
+        return fn()
+    except LbsplitError as e:
+        click.echo(f"lbsplit: {e}", err=True)
+        sys.exit(e.exit_code)
+
+
+def echo_outcome(outcome) -> None:
+    for message in outcome.messages:
+        click.echo(message)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", metavar="PATH", help="Config file (default: $LBSPLIT_CONFIG, else ./lbsplit.toml).")
+@click.version_option(__version__, prog_name="lbsplit")
+@click.pass_context
+def main(ctx: click.Context, config: str | None) -> None:
+    """Staged (canary) releases on plain nginx: sticky per-user splits, whitelists, instant revert.
+
+    \b
+    lbsplit init          write the v1-only lbsplit.conf to include in nginx
+    lbsplit apply 10      whitelist + 10% of users on v2
+    lbsplit revert        everyone back on v1, now
+    lbsplit status        what is live, and is nginx really serving it
+    """
+    ctx.obj = Context(config)
+
+
+@main.command()
+@click.pass_obj
+def init(obj: Context) -> None:
+    """Write the first lbsplit.conf (everyone on v1) and check it with nginx -t; no reload.
+
+    Run it once, then add `include <output_dir>/lbsplit.conf;` to nginx's http block.
+    Example: lbsplit --config /etc/lbsplit.toml init
+    """
+
+    def go():
+        settings = obj.settings(for_revert=True)
+        echo_outcome(install_only(settings))
+        click.echo(f"Add at http level in nginx:  include {settings.nginx.live_file};")
+        click.echo("and proxy with:              proxy_pass http://$lbsplit_upstream;")
+
+    run(go)
+
+
+@main.command(context_settings=PERCENT_ARG)
+@click.argument("percent")
+@click.option("--dry-run", is_flag=True, help="Show a unified diff against the live file; change nothing.")
+@click.option("--reason", default="", help="Why, for the history.")
+@click.pass_obj
+def apply(obj: Context, percent: str, dry_run: bool, reason: str) -> None:
+    """Send the whitelist plus PERCENT of users (0-100, two decimals) to v2.
+
+    Returns once nginx serves the new config. Example: lbsplit apply 30 --reason "stage 2"
+    """
+
+    def go():
+        stage = Stage.at(parse_percent(percent))
+        settings = obj.settings()
+        if dry_run:
+            click.echo(_diff(settings, stage), nl=False)
+            return
+        echo_outcome(Transaction(settings, f"apply {stage.percent}", reason).run(stage))
+
+    run(go)
+
+
+@main.command()
+@click.option("--reason", default="", help="Why, for the history.")
+@click.pass_obj
+def revert(obj: Context, reason: str) -> None:
+    """Turn v2 off: everyone, whitelist included, back on v1.
+
+    Needs only nginx: no health endpoint, no network, not even a valid [split] section.
+    Example: lbsplit revert --reason "error rate 7%"
+    """
+
+    def go():
+        settings = obj.settings(for_revert=True)
+        echo_outcome(Transaction(settings, "revert", reason).run(Stage.off(), tolerate_repair_failure=True))
+
+    run(go)
+
+
+@main.command(context_settings=PERCENT_ARG)
+@click.argument("percent")
+@click.pass_obj
+def render(obj: Context, percent: str) -> None:
+    """Print the lbsplit.conf that `apply PERCENT` would write; touch nothing.
+
+    PERCENT may be "off" for the revert config. Example: lbsplit render 10
+    """
+
+    def go():
+        stage = Stage.off() if percent == "off" else Stage.at(parse_percent(percent))
+        settings = obj.settings(for_revert=not stage.v2_enabled)
+        prepared = plan(settings, stage)
+        for warning in prepared.warnings:
+            click.echo(warning, err=True)
+        click.echo(prepared.checked_text(StateStore(settings.state_dir).last_generation() + 1), nl=False)
+
+    run(go)
+
+
+def _diff(settings: Settings, stage: Stage) -> str:
+    prepared = plan(settings, stage)
+    for warning in prepared.warnings:
+        click.echo(warning, err=True)
+    live = settings.nginx.live_file
+    new = prepared.checked_text(StateStore(settings.state_dir).last_generation() + 1)
+    old = (files.read_bytes(live) or b"").decode("utf-8", errors="replace")
+    diff = "".join(
+        difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"{live} (live)", f"{live} (apply {stage.describe()})")
+    )
+    return diff or "no difference\n"
+
+
+def _status(settings: Settings) -> dict:
+    store = StateStore(settings.state_dir)
+    state = store.read_state()
+    journal = store.read_journal()
+    nginx = Nginx(settings.nginx)
+    running = nginx.master_pid() is not None
+    serving = nginx.serving_generation() if running else None
+    return {
+        "percent": (state.hundredths / 100 if state.v2_enabled else 0) if state else None,
+        "v2_enabled": state.v2_enabled if state else False,
+        "mode": state.mode if state else None,
+        "generation": state.generation if state else None,
+        "applied_at": state.applied_at if state else None,
+        "applied_by": state.applied_by if state else None,
+        "command": state.command if state else None,
+        "nginx_running": running,
+        "serving_generation": serving,
+        "serving": bool(state) and running and serving == state.generation,
+        "unfinished_transaction": journal.command if journal else None,
+    }
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def status(obj: Context, as_json: bool) -> None:
+    """Show the live stage and whether nginx really serves it. Example: lbsplit status --json"""
+
+    def go():
+        s = _status(obj.settings(for_revert=True))
+        if as_json:
+            click.echo(json.dumps(s, indent=2))
+            return
+        if s["generation"] is None:
+            click.echo("nothing applied yet; run `lbsplit init`, then `lbsplit apply PERCENT`")
+            return
+        if s["v2_enabled"]:
+            click.echo(f"v2:          on, {s['percent']:g}% of users plus the whitelist ({s['mode']} mode)")
+        else:
+            click.echo("v2:          off (everyone on v1)")
+        click.echo(f"generation:  {s['generation']}")
+        click.echo(f"applied:     {s['applied_at']} by {s['applied_by']} ({s['command']})")
+        if not s["nginx_running"]:
+            click.echo("serving:     no, nginx is not running")
+        elif s["serving"]:
+            click.echo(f"serving:     yes, nginx answers generation {s['serving_generation']}")
+        else:
+            click.echo(f"serving:     NO, nginx answers generation {s['serving_generation']}")
+        if s["unfinished_transaction"]:
+            click.echo(f"unfinished:  `{s['unfinished_transaction']}` was interrupted; run `lbsplit repair`")
+
+    run(go)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("-n", "--limit", type=int, default=0, help="Only the last N entries.")
+@click.pass_obj
+def history(obj: Context, as_json: bool, limit: int) -> None:
+    """One line per change: time, user, command, from -> to, reason. Example: lbsplit history -n 5"""
+
+    def go():
+        entries = StateStore(obj.settings(for_revert=True).state_dir).read_history()
+        if limit > 0:
+            entries = entries[-limit:]
+        for e in entries:
+            if as_json:
+                click.echo(json.dumps(e, ensure_ascii=False))
+            else:
+                reason = f"  reason: {e['reason']}" if e.get("reason") else ""
+                click.echo(
+                    f"{e['time']}  {e['user']}  {e['command']}  {e['from']} -> {e['to']}  "
+                    f"gen {e.get('generation')}  {e.get('result', '')}{reason}"
+                )
+
+    run(go)
+
+
+@main.command()
+@click.pass_obj
+def repair(obj: Context) -> None:
+    """Finish or roll back a command that was interrupted (kill -9, power loss).
+
+    Every mutating command does this first anyway. Example: lbsplit repair
+    """
+
+    def go():
+        settings = obj.settings(for_revert=True)
+        txn = Transaction(settings, "repair")
+        txn.store.ensure()
+        with files.Lock(txn.store.lock_path, settings.lock_timeout, "repair"):
+            click.echo(txn.repair() or "nothing to repair")
+
+    run(go)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

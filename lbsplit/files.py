@@ -1,0 +1,158 @@
+"""Atomic file replacement and the state lock: the only code that writes files."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import EnvironmentProblem, LockBusy
+
+TEMP_PREFIX = ".lbsplit-tmp-"
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _os_problem(action: str, path: Path, e: OSError) -> EnvironmentProblem:
+    hint = {
+        errno.EACCES: "run as a user that may write there (often root), or change the path in the config",
+        errno.EPERM: "run as a user that may write there (often root), or change the path in the config",
+        errno.ENOSPC: "free some disk space",
+        errno.EROFS: "the file system is read-only",
+        errno.ENOENT: "create the directory or fix the path in the config",
+    }.get(e.errno, "check the path and its permissions")
+    return EnvironmentProblem(f"cannot {action} {path}: {e.strerror}; {hint}")
+
+
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+    """Replace `path` with `data` so that readers see the old or the new bytes, never a mix.
+
+    Temp file in the same directory, fsync, rename over the target, fsync the
+    directory (the rename itself must survive a power cut).
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    path = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_dir(path.parent)
+    except OSError as e:
+        raise _os_problem("write", path, e) from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def remove(path: Path) -> None:
+    """Remove `path` if present and make the removal durable."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise _os_problem("remove", path, e) from None
+    _fsync_dir(path.parent)
+
+
+def read_bytes(path: Path) -> bytes | None:
+    """The file's bytes, or None when it does not exist."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise _os_problem("read", path, e) from None
+
+
+def ensure_dir(path: Path, mode: int = 0o755) -> None:
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True, mode=mode)
+    except OSError as e:
+        raise _os_problem("create", path, e) from None
+
+
+class Lock:
+    """An exclusive flock on state_dir/lock, waited for up to `timeout` seconds.
+
+    flock belongs to the open file: the kernel drops it when the holder dies, so a
+    killed lbsplit never leaves a stale lock behind.
+    """
+
+    def __init__(self, path: Path, timeout: float, purpose: str):
+        self.path = Path(path)
+        self.timeout = timeout
+        self.purpose = purpose
+        self._fd: int | None = None
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text(encoding="utf-8").strip() or "another lbsplit command"
+        except OSError:
+            return "another lbsplit command"
+
+    def acquire(self) -> "Lock":
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise _os_problem("open the lock", self.path, e) from None
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise LockBusy(
+                        f"lock {self.path} is held by {self.holder()}; waited {self.timeout:g}s. "
+                        "Try again when it finishes (raise lock_timeout to wait longer)"
+                    ) from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({self.purpose})\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def try_acquire(self) -> bool:
+        """Take the lock only if it is free right now."""
+        saved, self.timeout = self.timeout, 0
+        try:
+            self.acquire()
+            return True
+        except LockBusy:
+            return False
+        finally:
+            self.timeout = saved
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "Lock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,0 +1,63 @@
+"""Parse a rendered lbsplit.conf back with crossplane and check its shape.
+
+Escaping already makes injection impossible by construction; this is the second,
+independent check that the text has exactly the blocks lbsplit meant to write.
+`nginx -t` remains the judge of validity.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import crossplane
+
+from .errors import LbsplitError
+
+TOP_LEVEL = {"map_hash_bucket_size", "map_hash_max_size", "upstream", "map", "split_clients", "server"}
+
+
+class StructureError(LbsplitError):
+    """The rendered config does not have the shape lbsplit renders; a bug, never user input."""
+
+    exit_code = 1
+
+
+def _parse(text: str) -> list[dict]:
+    fd, path = tempfile.mkstemp(prefix="lbsplit-check-", suffix=".conf")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        payload = crossplane.parse(path, single=True, check_ctx=False, check_args=False, strict=False, comments=False)
+    finally:
+        os.unlink(path)
+    if payload["errors"]:
+        raise StructureError(f"rendered config does not parse: {payload['errors'][0]['error']}")
+    return payload["config"][0]["parsed"]
+
+
+def check(text: str, whitelist_size: int) -> None:
+    """Raise StructureError unless `text` is one lbsplit.conf with `whitelist_size` whitelist keys."""
+    parsed = _parse(text)
+    names = [d["directive"] for d in parsed]
+    unexpected = sorted(set(names) - TOP_LEVEL)
+    if unexpected:
+        raise StructureError(f"rendered config has unexpected top-level directives: {unexpected}")
+    maps = {tuple(d["args"]): d for d in parsed if d["directive"] == "map"}
+    upstream_maps = [d for args, d in maps.items() if args[-1] == "$lbsplit_upstream"]
+    if len(upstream_maps) != 1:
+        raise StructureError("rendered config must define $lbsplit_upstream exactly once")
+    entries = upstream_maps[0]["block"]
+    if len(entries) != whitelist_size + 1 or any(len(e["args"]) != 1 for e in entries):
+        raise StructureError(
+            f"$lbsplit_upstream map has {len(entries)} entries, expected {whitelist_size + 1} "
+            "(default plus one per whitelisted id)"
+        )
+    for d in parsed:
+        if d["directive"] == "upstream":
+            if any(s["directive"] != "server" for s in d.get("block", [])):
+                raise StructureError(f"upstream {d['args']} contains something other than server lines")
+        if d["directive"] == "server":
+            inner = {s["directive"] for s in d.get("block", [])}
+            if not inner <= {"listen", "access_log", "location"}:
+                raise StructureError(f"status server contains unexpected directives: {sorted(inner)}")
