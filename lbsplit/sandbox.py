@@ -81,8 +81,17 @@ class NginxProcess:
         except ProcessLookupError:
             return
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs; a zombie waiting for its parent to reap it counts as ended."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _port_open(port: int) -> bool:

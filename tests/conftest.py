@@ -1,0 +1,40 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lbsplit.sandbox import Sandbox, nginx_binary
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(config: Path | None, *args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real lbsplit command line in a child process."""
+    argv = [sys.executable, "-m", "lbsplit"]
+    if config is not None:
+        argv += ["--config", str(config)]
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(argv + list(args), capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture(scope="session")
+def nginx_bin() -> str:
+    found = nginx_binary()
+    if not found:
+        pytest.fail("nginx is not installed; `make test` installs it (apt-get install nginx-light)")
+    return found
+
+
+@pytest.fixture
+def sandbox(tmp_path, nginx_bin):
+    """A private nginx on loopback with v1/v2 backends; lbsplit.toml written, lbsplit.conf initialised."""
+    sb = Sandbox(tmp_path / "sb", binary=nginx_bin, nginx_dir=REPO / "nginx")
+    sb.write_config(whitelist=["test_user_001", "test_user_002", "internal_staff_001"])
+    result = run_cli(sb.config_path, "init")
+    assert result.returncode == 0, result.stderr
+    sb.backends.start(wait_port=sb.v2_port)
+    sb.front.start(wait_port=sb.port)
+    yield sb
+    sb.stop()

@@ -1,0 +1,51 @@
+import os
+import stat
+import threading
+import time
+
+import pytest
+
+from lbsplit.errors import EnvironmentProblem, LockBusy
+from lbsplit.files import TEMP_PREFIX, Lock, atomic_write
+
+
+def test_atomic_write_replaces_and_leaves_no_temp_file(tmp_path):
+    target = tmp_path / "lbsplit.conf"
+    target.write_text("old")
+    atomic_write(target, "new")
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["lbsplit.conf"]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+def test_atomic_write_into_a_missing_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(EnvironmentProblem, match="cannot write .*create the directory"):
+        atomic_write(tmp_path / "nope" / "x.conf", "data")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_atomic_write_without_permission(tmp_path):
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(EnvironmentProblem, match="Permission denied"):
+            atomic_write(tmp_path / "x.conf", "data")
+    finally:
+        tmp_path.chmod(0o755)
+    assert not list(tmp_path.glob(TEMP_PREFIX + "*"))
+
+
+def test_lock_waits_then_fails_naming_the_holder(tmp_path):
+    path = tmp_path / "lock"
+    with Lock(path, 5, "apply 30"):
+        started = time.monotonic()
+        with pytest.raises(LockBusy, match=r"held by pid \d+ \(apply 30\)"):
+            Lock(path, 0.3, "revert").acquire()
+        assert time.monotonic() - started >= 0.3
+
+
+def test_lock_is_taken_once_the_holder_lets_go(tmp_path):
+    path = tmp_path / "lock"
+    first = Lock(path, 5, "first").acquire()
+    threading.Timer(0.2, first.release).start()
+    with Lock(path, 5, "second"):
+        assert "second" in path.read_text()

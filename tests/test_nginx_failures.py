@@ -1,0 +1,190 @@
+"""Failures on a real nginx: nothing changes, the message says why, the exit code tells which."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import run_cli
+
+IDS = [f"user-{i}" for i in range(400)]
+
+
+def live_bytes(sb):
+    return (sb.output_dir / "lbsplit.conf").read_bytes()
+
+
+def status(sb):
+    return json.loads(run_cli(sb.config_path, "status", "--json").stdout)
+
+
+def applied(sb, percent):
+    result = run_cli(sb.config_path, "apply", percent)
+    assert result.returncode == 0, result.stderr
+    return sb.variants(IDS)
+
+
+def test_failed_nginx_test_leaves_live_bytes_and_traffic_unchanged(sandbox):
+    traffic = applied(sandbox, "10")
+    before = live_bytes(sandbox)
+    # A v2 host that does not resolve passes lbsplit's checks; nginx -t rejects it.
+    sandbox.write_config(v2=["v2-does-not-exist.invalid:8080"], whitelist=["test_user_001"])
+    result = run_cli(sandbox.config_path, "apply", "30")
+    assert result.returncode == 3
+    assert "nginx -t rejected the new config (previous config still live)" in result.stderr
+    assert "host not found in upstream" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert live_bytes(sandbox) == before
+    assert sandbox.variants(IDS) == traffic
+    assert status(sandbox)["generation"] == 2
+    assert not list(sandbox.output_dir.glob(".lbsplit-tmp-*"))
+
+
+def test_a_main_config_broken_by_someone_else_is_named_as_such(sandbox):
+    applied(sandbox, "10")
+    before = live_bytes(sandbox)
+    conf = sandbox.front.conf
+    original = conf.read_text()
+    conf.write_text(original.replace("worker_connections 1024;", "worker_connections 1024; bogus_directive on;"))
+    try:
+        result = run_cli(sandbox.config_path, "apply", "30")
+    finally:
+        conf.write_text(original)
+    assert result.returncode == 3
+    assert "problem is elsewhere in your nginx config" in result.stderr
+    assert "bogus_directive" in result.stderr
+    assert live_bytes(sandbox) == before
+
+
+def test_a_reload_that_does_not_take_effect_is_undone(sandbox):
+    traffic = applied(sandbox, "10")
+    before = live_bytes(sandbox)
+    # nginx -t passes with a port in use; the master then fails to bind and keeps the old config.
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    busy = blocker.getsockname()[1]
+    text = sandbox.config_path.read_text()
+    sandbox.config_path.write_text(
+        text.replace(f"127.0.0.1:{sandbox.status_port}", f"127.0.0.1:{busy}").replace("verify_timeout = 20", "verify_timeout = 4")
+    )
+    try:
+        result = run_cli(sandbox.config_path, "apply", "30")
+    finally:
+        blocker.close()
+        sandbox.config_path.write_text(text)
+    assert result.returncode == 4, result.stderr
+    assert "Previous config restored" in result.stderr
+    assert live_bytes(sandbox) == before
+    assert sandbox.variants(IDS) == traffic
+    assert status(sandbox)["serving"] is True
+
+
+def test_nginx_not_running_installs_checks_and_says_so(sandbox):
+    sandbox.front.stop()
+    result = run_cli(sandbox.config_path, "apply", "30")
+    assert result.returncode == 0, result.stderr
+    assert "nginx is not running" in result.stdout and "nothing was reloaded" in result.stdout
+    assert b"30% lbsplit_v2;" in live_bytes(sandbox)
+    s = status(sandbox)
+    assert s["nginx_running"] is False and s["percent"] == 30
+    sandbox.front.start(wait_port=sandbox.port)
+    on_v2 = sandbox.variants(IDS).count("v2") / len(IDS)
+    assert 0.2 < on_v2 < 0.4
+
+
+def test_bad_input_exits_2_with_one_line_and_changes_nothing(sandbox):
+    applied(sandbox, "10")
+    before = live_bytes(sandbox)
+    for args in (["apply", "101"], ["apply", "-5"], ["apply", "12.345"], ["apply", "ten"]):
+        result = run_cli(sandbox.config_path, *args)
+        assert result.returncode == 2, args
+        assert result.stderr.startswith("lbsplit: percent: "), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    sandbox.write_config(whitelist=["ok", "not ok"])
+    result = run_cli(sandbox.config_path, "apply", "30")
+    assert result.returncode == 2 and "split.whitelist[1]" in result.stderr and "Traceback" not in result.stderr
+    assert live_bytes(sandbox) == before
+
+
+def test_revert_works_when_split_v2_and_whitelist_are_broken(sandbox):
+    applied(sandbox, "100")
+    sandbox.config_path.write_text(
+        sandbox.config_path.read_text()
+        .replace(f'v2 = ["127.0.0.1:{sandbox.v2_port}"]', 'v2 = ["garbage here"]')
+        .replace('mode = "hash"', 'mode = "hash"\nwhitelist_file = "missing.txt"')
+    )
+    assert run_cli(sandbox.config_path, "apply", "10").returncode == 2
+    result = run_cli(sandbox.config_path, "revert")
+    assert result.returncode == 0, result.stderr
+    assert set(sandbox.variants(IDS + ["test_user_001"])) == {"v1"}
+
+
+def test_missing_nginx_binary_is_one_clear_line(sandbox):
+    sandbox.config_path.write_text(
+        sandbox.config_path.read_text().replace(f'binary = "{sandbox.binary}"', 'binary = "/nonexistent/nginx"')
+    )
+    before = live_bytes(sandbox)
+    result = run_cli(sandbox.config_path, "apply", "10")
+    assert result.returncode == 6
+    assert "not found; install nginx or set nginx.binary" in result.stderr
+    assert live_bytes(sandbox) == before
+
+
+def test_two_applies_racing_serialize(sandbox):
+    argv = [sys.executable, "-m", "lbsplit", "--config", str(sandbox.config_path)]
+    procs = [subprocess.Popen(argv + ["apply", p], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in ("10", "30", "50")]
+    procs.append(subprocess.Popen(argv + ["revert"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
+    s = status(sandbox)
+    history = [json.loads(l) for l in run_cli(sandbox.config_path, "history", "--json").stdout.splitlines()]
+    changed = sum("nginx serves generation" in out for out, _ in outputs)
+    unchanged = sum("nothing changed" in out for out, _ in outputs)
+    assert changed + unchanged == 4  # a revert that wins the lock first finds v2 already off
+    assert len(history) == 1 + changed  # init + every change, none lost
+    # each change started from the one before it: they did not interleave
+    for a, b in zip(history, history[1:]):
+        assert b["from"] == a["to"]
+    assert history[-1]["generation"] == s["generation"] == s["serving_generation"]
+
+
+def test_lock_busy_fails_after_the_bounded_wait(sandbox):
+    from lbsplit.files import Lock
+
+    sandbox.config_path.write_text(sandbox.config_path.read_text().replace("lock_timeout = 30", "lock_timeout = 1"))
+    with Lock(sandbox.state_dir / "lock", 1, "test holding the lock"):
+        result = run_cli(sandbox.config_path, "apply", "10")
+    assert result.returncode == 5
+    assert "held by pid" in result.stderr and "test holding the lock" in result.stderr
+
+
+@pytest.mark.parametrize("trial", range(10))
+def test_kill_9_during_apply_leaves_old_or_new_and_is_repaired(sandbox, trial):
+    applied(sandbox, "10")
+    old = live_bytes(sandbox)
+    argv = [sys.executable, "-m", "lbsplit", "--config", str(sandbox.config_path), "apply", "30"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.1 + trial * 0.035)  # from python start-up to after the verify
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    now = live_bytes(sandbox)
+    new_files = sorted((sandbox.state_dir / "generations").glob("*.conf"))
+    assert now == old or b"30% lbsplit_v2;" in now, "torn file"
+    assert subprocess.run([sandbox.binary, "-p", str(sandbox.front.prefix), "-c", str(sandbox.front.conf), "-t", "-q"]).returncode == 0
+    unfinished = status(sandbox)["unfinished_transaction"]
+    result = run_cli(sandbox.config_path, "repair")
+    assert result.returncode == 0, result.stderr
+    print("trial", trial, result.stdout.strip())
+    assert ("interrupted" in result.stdout) == (unfinished is not None)
+    s = status(sandbox)
+    assert s["unfinished_transaction"] is None
+    assert s["serving"] is True, (s, result.stdout)
+    assert s["generation"] == s["serving_generation"]
+    assert new_files  # generations were kept
+    assert not list(sandbox.output_dir.glob(".lbsplit-tmp-*"))
