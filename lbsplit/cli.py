@@ -12,7 +12,7 @@ import click
 from . import __version__, files
 from .apply import Transaction, install_only, plan
 from .config import Settings, find_config, load
-from .errors import LbsplitError
+from .errors import ConfigError, LbsplitError
 from .model import Stage, parse_percent
 from .nginx import Nginx
 from .state import StateStore
@@ -222,6 +222,48 @@ def history(obj: Context, as_json: bool, limit: int) -> None:
                     f"{e['time']}  {e['user']}  {e['command']}  {e['from']} -> {e['to']}  "
                     f"gen {e.get('generation')}  {e.get('result', '')}{reason}"
                 )
+
+    run(go)
+
+
+@main.command()
+@click.argument("user_id")
+@click.option("--percent", default=None, help="Explain under this percent (and the config's whitelist) instead of the live one.")
+@click.option("--fallback", default=None, metavar="VALUE", help="Value of the fallback key (e.g. the client IP) for an empty id.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output; has \"variant\": \"v1\"/\"v2\".")
+@click.pass_obj
+def route(obj: Context, user_id: str, percent: str | None, fallback: str | None, as_json: bool) -> None:
+    """Which variant USER_ID gets, and why, computed exactly as nginx does.
+
+    Example: lbsplit route test_user_001   or   lbsplit route u42 --percent 30 --json
+    """
+
+    def go():
+        from .route import explain, whitelist_from_live
+        from .validate import fold_case
+        from .whitelist import load as load_whitelist
+
+        if percent is not None:
+            settings = obj.settings()
+            _, split = settings.require_rollout()
+            stage = Stage.at(parse_percent(percent))
+            keys = {fold_case(i) for i in load_whitelist(split).ids}
+            mode, fallback_name = split.mode, split.fallback_key
+        else:
+            settings = obj.settings(for_revert=True)
+            state = StateStore(settings.state_dir).read_state()
+            if state is None:
+                raise ConfigError("route: nothing is applied yet; pass --percent P to ask about a stage")
+            stage = Stage.at(state.hundredths) if state.v2_enabled else Stage.off()
+            live = (files.read_bytes(settings.nginx.live_file) or b"").decode("utf-8", errors="replace")
+            keys = whitelist_from_live(live)
+            mode = state.mode
+            fallback_name = settings.split.fallback_key if settings.split else "$remote_addr"
+        answer = explain(user_id, stage, mode, keys, fallback, fallback_name)
+        if as_json:
+            click.echo(json.dumps(answer.as_dict(), ensure_ascii=False, indent=2))
+        else:
+            click.echo(f"{answer.variant}: {answer.reason}")
 
     run(go)
 

@@ -183,7 +183,7 @@ whitelist = {json.dumps(whitelist)}
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
             for user_id in user_ids:
-                headers = {} if user_id is None else {header: user_id}
+                headers = {} if user_id is None else {header: user_id.encode("utf-8")}
                 for attempt in range(3):
                     try:
                         conn.request("GET", "/", headers=headers)
