@@ -118,10 +118,11 @@ def plan(settings: Settings, stage: Stage) -> Plan:
 class Transaction:
     """One mutating command under the lock."""
 
-    def __init__(self, settings: Settings, command: str, reason: str = ""):
+    def __init__(self, settings: Settings, command: str, reason: str = "", metrics: dict | None = None):
         self.settings = settings
         self.command = command
         self.reason = reason
+        self.metrics = metrics
         self.store = StateStore(settings.state_dir)
         self.nginx = Nginx(settings.nginx)
         self.live = settings.nginx.live_file
@@ -196,20 +197,26 @@ class Transaction:
                 reloaded=reloaded,
             )
         )
-        self.store.append_history(
-            {"time": now(), "user": actor(), "command": command,
-             "from": before.stage_text if before else "none", "to": stage.describe(),
-             "generation": generation, "reason": self.reason, "result": note}
-        )
+        entry = {"time": now(), "user": actor(), "command": command,
+                 "from": before.stage_text if before else "none", "to": stage.describe(),
+                 "generation": generation, "reason": self.reason, "result": note}
+        if self.metrics:
+            entry["metrics"] = self.metrics
+        self.store.append_history(entry)
 
     # ---- the transaction
-    def run(self, stage: Stage, tolerate_repair_failure: bool = False) -> Outcome:
+    def run(self, stage: Stage, tolerate_repair_failure: bool = False, lock_held: files.Lock | None = None,
+            precheck=None) -> Outcome:
+        """The whole transaction. `lock_held`: the caller already holds the lock; `precheck(txn)` runs under it."""
         messages: list[str] = []
         self.store.ensure()
         # Validate before waiting for the lock: bad input fails at once and changes nothing.
         prepared = plan(self.settings, stage)
-        lock = files.Lock(self.store.lock_path, self.settings.lock_timeout, self.command)
-        with lock, signals_raise():
+        lock = lock_held or files.Lock(self.store.lock_path, self.settings.lock_timeout, self.command)
+        with contextlib.ExitStack() as scope:
+            if lock_held is None:
+                scope.enter_context(lock)
+            scope.enter_context(signals_raise())
             try:
                 note = self.repair()
             except LbsplitError as e:
@@ -218,6 +225,8 @@ class Transaction:
                 note = f"could not repair the interrupted transaction ({e}); reverting anyway"
             if note:
                 messages.append(note)
+            if precheck is not None:
+                messages.extend(precheck(self))
             return self._run_locked(prepared, messages)
 
     def _run_locked(self, prepared: Plan, messages: list[str]) -> Outcome:

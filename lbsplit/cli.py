@@ -80,10 +80,12 @@ def init(obj: Context) -> None:
 @click.argument("percent")
 @click.option("--dry-run", is_flag=True, help="Show a unified diff against the live file; change nothing.")
 @click.option("--reason", default="", help="Why, for the history.")
+@click.option("--force", is_flag=True, help="Widen even when the promotion gate finds v2 unhealthy.")
 @click.pass_obj
-def apply(obj: Context, percent: str, dry_run: bool, reason: str) -> None:
+def apply(obj: Context, percent: str, dry_run: bool, reason: str, force: bool) -> None:
     """Send the whitelist plus PERCENT of users (0-100, two decimals) to v2.
 
+    Widening a live rollout first passes the promotion gate (see `lbsplit check`).
     Returns once nginx serves the new config. Example: lbsplit apply 30 --reason "stage 2"
     """
 
@@ -93,7 +95,97 @@ def apply(obj: Context, percent: str, dry_run: bool, reason: str) -> None:
         if dry_run:
             click.echo(_diff(settings, stage), nl=False)
             return
-        echo_outcome(Transaction(settings, f"apply {stage.percent}", reason).run(stage))
+        _apply(settings, stage, reason, force)
+
+    run(go)
+
+
+def _apply(settings: Settings, stage: Stage, reason: str, force: bool) -> None:
+    from .gate import precheck_for
+
+    txn = Transaction(settings, f"apply {stage.percent}", reason)
+    echo_outcome(txn.run(stage, precheck=precheck_for(stage, force)))
+
+
+def _next_stage(settings: Settings) -> Stage:
+    if not settings.stages:
+        raise ConfigError("stages: not set; add e.g. stages = [10, 30, 100] to the config")
+    state = StateStore(settings.state_dir).read_state()
+    current = state.hundredths if state and state.v2_enabled else -1
+    higher = [s for s in settings.stages if s > current]
+    if not higher:
+        raise ConfigError(f"stages: v2 is already at the last stage ({settings.stages[-1] / 100:g}%)")
+    return Stage.at(higher[0])
+
+
+@main.command()
+@click.option("--reason", default="", help="Why, for the history.")
+@click.option("--force", is_flag=True, help="Promote even when the gate finds v2 unhealthy.")
+@click.pass_obj
+def promote(obj: Context, reason: str, force: bool) -> None:
+    """Move to the next stage of `stages` through the promotion gate.
+
+    Example: with stages = [10, 30, 100] and v2 at 10%, `lbsplit promote` applies 30.
+    """
+
+    def go():
+        settings = obj.settings()
+        _apply(settings, _next_stage(settings), reason, force)
+
+    run(go)
+
+
+@main.command(context_settings=PERCENT_ARG)
+@click.argument("percent", required=False)
+@click.pass_obj
+def check(obj: Context, percent: str | None) -> None:
+    """Print the promotion checklist for PERCENT (default: the next stage) without acting.
+
+    v2's health against that stage's thresholds, whether the revert config passes
+    nginx -t, and whether the watchdog is running. Exit 8 when an item fails.
+    Example: lbsplit check 100
+    """
+
+    def go():
+        from .gate import GateRefused, checklist
+
+        settings = obj.settings()
+        stage = Stage.at(parse_percent(percent)) if percent is not None else _next_stage(settings)
+        txn = Transaction(settings, "check")
+        txn.store.ensure()
+        with files.Lock(txn.store.lock_path, settings.lock_timeout, "check"):
+            txn.repair()
+            items = checklist(txn, stage)
+        click.echo(f"promotion checklist for v2 at {stage.describe()}:")
+        for item in items:
+            click.echo(f"  {item.line()}")
+        if any(not i.ok and i.blocking for i in items):
+            raise GateRefused(f"v2 is not ready for {stage.describe()}")
+
+    run(go)
+
+
+@main.command()
+@click.option("--once", "mode", flag_value="once", help="Exactly one check, then exit.")
+@click.option("--loop", "mode", flag_value="loop", help="Check forever at the stage's interval (systemd service).")
+@click.pass_obj
+def watchdog(obj: Context, mode: str | None) -> None:
+    """Check v2's health at the stage's frequency and revert on a sustained breach.
+
+    For cron, every minute: the run makes the checks that one minute holds (4 at 15 s)
+    and ends before the next. Exit 10 when it reverted, 11 when the revert failed.
+    Example crontab line: * * * * * lbsplit --config /etc/lbsplit.toml watchdog
+    """
+
+    def go():
+        from .watchdog import Watchdog
+
+        settings = obj.settings(for_revert=True)
+        health = settings.require_health()
+        if health is None:
+            raise ConfigError("health: no [health] section; add one (url = v2's health endpoint) to use the watchdog")
+        code = Watchdog(settings, health, echo=lambda m: click.echo(m, err=True)).run(mode or "cron")
+        sys.exit(code)
 
     run(go)
 

@@ -50,6 +50,57 @@ class SplitSettings:
 
 
 @dataclass(frozen=True)
+class Thresholds:
+    """What healthy means at stages up to `up_to_hundredths`, and how often to look."""
+
+    up_to_hundredths: int
+    error_rate: float
+    timeout_rate: float
+    dead_letter_growth: float
+    avg_response_time: float
+    check_every: float
+    alert_cooldown: float
+
+
+# The rollout plan's table: stage up to 10% / 30% / 100%.
+DEFAULT_THRESHOLDS = (
+    Thresholds(1000, 0.05, 0.02, 10, 30, 60, 300),
+    Thresholds(3000, 0.04, 0.015, 8, 25, 30, 120),
+    Thresholds(10000, 0.03, 0.01, 5, 20, 15, 60),
+)
+METRICS = ("error_rate", "timeout_rate", "dead_letter_growth", "avg_response_time")
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    url: str
+    timeout: float
+    headers: tuple[tuple[str, str], ...]
+    bearer_token_file: Path | None
+    bearer_token_env: str | None
+    fields: tuple[tuple[str, str], ...]  # metric -> dotted path in the JSON answer
+    no_data: str  # "fail" or "ignore"
+    failures_before_revert: int
+    on_breach: str  # "revert" or "previous"
+    thresholds: tuple[Thresholds, ...]
+    log: Path
+    prometheus_textfile: Path | None
+
+    def thresholds_for(self, hundredths: int) -> Thresholds:
+        """The first row whose up_to_percent covers the stage."""
+        for row in self.thresholds:
+            if hundredths <= row.up_to_hundredths:
+                return row
+        return self.thresholds[-1]
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    webhook: str
+    timeout: float
+
+
+@dataclass(frozen=True)
 class Settings:
     path: Path
     state_dir: Path
@@ -59,6 +110,16 @@ class Settings:
     v2: tuple[Server, ...] | None  # None: unusable, only `revert` may run
     split: SplitSettings | None  # None: unusable, only `revert` may run
     deferred_error: ConfigError | None = field(default=None, compare=False)
+    stages: tuple[int, ...] = ()
+    health: HealthSettings | None = None
+    notify: NotifySettings | None = None
+    health_error: ConfigError | None = field(default=None, compare=False)
+
+    def require_health(self) -> HealthSettings | None:
+        """The [health] settings (None when there is no such section), or the error in them."""
+        if self.health_error is not None:
+            raise self.health_error
+        return self.health
 
     def require_rollout(self) -> tuple[tuple[Server, ...], SplitSettings]:
         """The v2 servers and split settings, or the error that made them unusable."""
@@ -68,9 +129,36 @@ class Settings:
         return self.v2, self.split
 
 
+THRESHOLD_SCHEMA = {
+    "up_to_percent": (int, float),
+    "error_rate": (int, float),
+    "timeout_rate": (int, float),
+    "dead_letter_growth": (int, float),
+    "avg_response_time": (int, float),
+    "check_every": (int, float),
+    "alert_cooldown": (int, float),
+}
+FREE_TABLE = "free table"
+
 SCHEMA: dict[str, object] = {
     "state_dir": str,
     "lock_timeout": (int, float),
+    "stages": list,
+    "health": {
+        "url": str,
+        "timeout": (int, float),
+        "headers": FREE_TABLE,
+        "bearer_token_file": str,
+        "bearer_token_env": str,
+        "fields": {m: str for m in ("error_rate", "timeout_rate", "dead_letter_growth", "avg_response_time")},
+        "no_data": str,
+        "failures_before_revert": int,
+        "on_breach": str,
+        "thresholds": [THRESHOLD_SCHEMA],
+        "log": str,
+        "prometheus_textfile": str,
+    },
+    "notify": {"webhook": str, "timeout": (int, float)},
     "nginx": {
         "binary": str,
         "conf": str,
@@ -110,7 +198,15 @@ def _check_keys(table: dict, schema: dict, prefix: str) -> None:
             hint = f"; did you mean {prefix}{close[0]}?" if close else f"; known keys: {', '.join(prefix + k for k in schema)}"
             raise ConfigError(f"{name}: unknown key{hint}")
         expected = schema[key]
-        if isinstance(expected, dict):
+        if expected == FREE_TABLE:
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                raise ConfigError(f"{name}: expected a table of strings, e.g. {name} = {{ X-Env = \"prod\" }}")
+        elif isinstance(expected, list):
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise ConfigError(f"{name}: expected a list of tables, written [[{name}]]")
+            for i, item in enumerate(value):
+                _check_keys(item, expected[0], f"{name}[{i}].")
+        elif isinstance(expected, dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"{name}: expected a table [{name}], got {type(value).__name__}")
             _check_keys(value, expected, f"{name}.")
@@ -212,6 +308,7 @@ def load(path: Path, for_revert: bool = False) -> Settings:
     if not 0 <= lock_timeout <= 3600:
         raise ConfigError("lock_timeout: give seconds between 0 and 3600")
 
+    state_dir = _path(base, data.get("state_dir", "/var/lib/lbsplit"))
     upstreams = data.get("upstreams", {})
     if "v1" not in upstreams:
         raise ConfigError("upstreams.v1: missing; list v1's servers, e.g. v1 = [\"10.0.0.1:8080\"]")
@@ -226,13 +323,114 @@ def load(path: Path, for_revert: bool = False) -> Settings:
         if not for_revert:
             raise
         deferred = e
+    stages: tuple[int, ...] = ()
+    health: HealthSettings | None = None
+    notify: NotifySettings | None = None
+    health_error: ConfigError | None = None
+    try:
+        stages = _stages(data.get("stages", []))
+        health = _health(base, data["health"], state_dir) if "health" in data else None
+        notify = _notify(data["notify"]) if "notify" in data else None
+    except ConfigError as e:
+        if not for_revert:
+            raise
+        health_error = e
     return Settings(
         path=path,
-        state_dir=_path(base, data.get("state_dir", "/var/lib/lbsplit")),
+        stages=stages,
+        health=health,
+        notify=notify,
+        state_dir=state_dir,
         lock_timeout=lock_timeout,
         nginx=nginx,
         v1=v1,
         v2=v2,
         split=split,
         deferred_error=deferred,
+        health_error=health_error,
     )
+
+
+def _http_url(value: str, field_name: str) -> str:
+    if not (value.startswith("http://") or value.startswith("https://")) or any(c.isspace() for c in value):
+        raise ConfigError(f"{field_name}: {value!r} must be an http:// or https:// URL")
+    return value
+
+
+def _stages(values: list) -> tuple[int, ...]:
+    from .model import parse_percent
+
+    stages = tuple(parse_percent(str(v), f"stages[{i}]") for i, v in enumerate(values))
+    if list(stages) != sorted(set(stages)) or any(s == 0 for s in stages):
+        raise ConfigError("stages: list increasing percentages above 0, e.g. stages = [10, 30, 100]")
+    return stages
+
+
+def _thresholds(rows: list) -> tuple[Thresholds, ...]:
+    from .model import parse_percent
+
+    if not rows:
+        return DEFAULT_THRESHOLDS
+    out = []
+    for i, row in enumerate(rows):
+        name = f"health.thresholds[{i}]"
+        if "up_to_percent" not in row:
+            raise ConfigError(f"{name}.up_to_percent: missing; say which stages this row covers, e.g. up_to_percent = 30")
+        up_to = parse_percent(str(row["up_to_percent"]), f"{name}.up_to_percent")
+        # Unset fields take the plan's default for the same stage.
+        base = next((d for d in DEFAULT_THRESHOLDS if up_to <= d.up_to_hundredths), DEFAULT_THRESHOLDS[-1])
+        values = {}
+        for key in ("error_rate", "timeout_rate", "dead_letter_growth", "avg_response_time", "check_every", "alert_cooldown"):
+            value = float(row.get(key, getattr(base, key)))
+            if value < 0 or (key == "check_every" and not 1 <= value <= 3600):
+                raise ConfigError(f"{name}.{key}: {value:g} is out of range")
+            values[key] = value
+        out.append(Thresholds(up_to_hundredths=up_to, **values))
+    if [r.up_to_hundredths for r in out] != sorted({r.up_to_hundredths for r in out}):
+        raise ConfigError("health.thresholds: list rows by increasing up_to_percent, each once")
+    if out[-1].up_to_hundredths != 10000:
+        raise ConfigError("health.thresholds: the last row must have up_to_percent = 100")
+    return tuple(out)
+
+
+def _health(base: Path, table: dict, state_dir: Path) -> HealthSettings:
+    if "url" not in table:
+        raise ConfigError("health.url: missing; give v2's health endpoint, e.g. url = \"http://10.0.1.1:5000/api/v2/monitoring/health\"")
+    timeout = float(table.get("timeout", 5))
+    if not 0 < timeout <= 60:
+        raise ConfigError("health.timeout: give seconds between 0 and 60")
+    no_data = table.get("no_data", "fail")
+    if no_data not in ("fail", "ignore"):
+        raise ConfigError(f"health.no_data: {no_data!r}; use \"fail\" (count as a failed check) or \"ignore\"")
+    failures = table.get("failures_before_revert", 3)
+    if not 1 <= failures <= 100:
+        raise ConfigError("health.failures_before_revert: give a whole number from 1 to 100")
+    on_breach = table.get("on_breach", "revert")
+    if on_breach not in ("revert", "previous"):
+        raise ConfigError(f"health.on_breach: {on_breach!r}; use \"revert\" (v2 off) or \"previous\" (the stage before)")
+    fields = {m: m for m in METRICS}
+    fields.update(table.get("fields", {}))
+    thresholds = _thresholds(table.get("thresholds", []))
+    return HealthSettings(
+        url=_http_url(table["url"], "health.url"),
+        timeout=timeout,
+        headers=tuple(sorted(table.get("headers", {}).items())),
+        bearer_token_file=_path(base, table.get("bearer_token_file")),
+        bearer_token_env=table.get("bearer_token_env") or None,
+        fields=tuple(sorted(fields.items())),
+        no_data=no_data,
+        failures_before_revert=failures,
+        on_breach=on_breach,
+        thresholds=thresholds,
+        log=_path(base, table.get("log")) or state_dir / "watchdog.log",
+        prometheus_textfile=_path(base, table.get("prometheus_textfile")),
+    )
+
+
+def _notify(table: dict) -> NotifySettings:
+    if "webhook" not in table:
+        raise ConfigError("notify.webhook: missing; give a URL that receives a JSON POST")
+    timeout = float(table.get("timeout", 5))
+    if not 0 < timeout <= 60:
+        raise ConfigError("notify.timeout: give seconds between 0 and 60")
+    return NotifySettings(webhook=_http_url(table["webhook"], "notify.webhook"), timeout=timeout)

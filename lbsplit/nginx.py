@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,6 +50,27 @@ class Nginx:
         result = _run(self.settings.base_argv() + ["-t", "-q"], "nginx -t")
         if result.returncode != 0:
             raise NginxTestFailed(_clean(result.stderr))
+
+    def test_snippet(self, text: str) -> str | None:
+        """nginx -t on `text` as lbsplit.conf inside a minimal private config; None when it passes.
+
+        Used for the revert config before a widening: it never touches the live file,
+        so a crash here leaves nothing to repair. The snippet has the same shape as the
+        live lbsplit.conf, which the user's whole config already accepts.
+        """
+        with tempfile.TemporaryDirectory(prefix="lbsplit-test-") as tmp:
+            root = Path(tmp)
+            (root / "lbsplit.conf").write_text(text, encoding="utf-8")
+            temp_paths = "".join(
+                f"    {name}_temp_path {root}/{name};\n" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+            )
+            (root / "nginx.conf").write_text(
+                f"pid {root}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"
+                f"http {{\n{temp_paths}    include {root}/lbsplit.conf;\n}}\n",
+                encoding="utf-8",
+            )
+            result = _run([self.settings.binary, "-p", str(root), "-c", str(root / "nginx.conf"), "-t", "-q"], "nginx -t")
+        return None if result.returncode == 0 else _clean(result.stderr).replace(str(root) + "/", "")
 
     def reload(self) -> None:
         """Ask the master to reload. It returns at once; the switch happens later (see wait_serving)."""

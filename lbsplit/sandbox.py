@@ -137,7 +137,7 @@ class Sandbox:
         )
 
     def write_config(self, mode: str = "hash", whitelist: list[str] | None = None, extra: str = "",
-                     v1: list[str] | None = None, v2: list[str] | None = None) -> Path:
+                     v1: list[str] | None = None, v2: list[str] | None = None, top: str = "") -> Path:
         """Write lbsplit.toml for this sandbox; returns its path."""
         import json
 
@@ -147,6 +147,7 @@ class Sandbox:
         self.config_path.write_text(
             f"""state_dir = "{self.state_dir}"
 lock_timeout = 30
+{top}
 
 [nginx]
 binary = "{self.binary}"

@@ -1,0 +1,120 @@
+"""The one network boundary for health checks and notifications. Returns samples; decides nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+
+from .errors import ConfigError
+
+MAX_BODY = 1 << 20
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One answer (or non-answer) of the health endpoint."""
+
+    at: float
+    payload: object | None  # parsed JSON, when there was a 2xx JSON answer
+    error: str | None  # why there is no payload: timeout, refused, HTTP 500, not JSON
+
+
+def redact(url: str) -> str:
+    """The URL without user:password, for messages and logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def auth_headers(headers: tuple[tuple[str, str], ...], token_file: Path | None, token_env: str | None) -> dict[str, str]:
+    """Configured headers plus a bearer token from a file or the environment (never printed)."""
+    out = dict(headers)
+    token = None
+    if token_file is not None:
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(f"health.bearer_token_file: cannot read {token_file}: {e.strerror}") from None
+    elif token_env:
+        token = os.environ.get(token_env)
+        if not token:
+            raise ConfigError(f"health.bearer_token_env: ${token_env} is not set")
+    if token:
+        out["Authorization"] = f"Bearer {token}"
+    return out
+
+
+def _bounded(fn, timeout: float):
+    """Run fn in a thread and give up after `timeout` seconds in all (a slow drip cannot hold us)."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # handed over to the caller below
+            box["error"] = e
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise TimeoutError
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def probe(url: str, timeout: float, headers: dict[str, str], clock=time.time) -> Sample:
+    """GET the health endpoint once, within `timeout` seconds in all."""
+    at = clock()
+
+    def fetch():
+        with requests.get(url, headers=headers, timeout=(timeout, timeout), stream=True, allow_redirects=False) as r:
+            body = b""
+            for chunk in r.iter_content(chunk_size=None):
+                body += chunk
+                if len(body) > MAX_BODY:
+                    return r.status_code, None
+            return r.status_code, body
+
+    try:
+        status, body = _bounded(fetch, timeout)
+    except (TimeoutError, requests.Timeout):
+        return Sample(at, None, f"no answer within {timeout:g}s")
+    except requests.ConnectionError as e:
+        reason = "connection refused" if "refused" in str(e).lower() else "cannot connect"
+        return Sample(at, None, reason)
+    except requests.RequestException as e:
+        return Sample(at, None, f"request failed ({type(e).__name__})")
+    if body is None:
+        return Sample(at, None, f"answer larger than {MAX_BODY} bytes")
+    if not 200 <= status < 300:
+        return Sample(at, None, f"HTTP {status}")
+    try:
+        return Sample(at, json.loads(body), None)
+    except (ValueError, UnicodeDecodeError):
+        return Sample(at, None, "answer is not JSON")
+
+
+def post_json(url: str, payload: dict, timeout: float) -> str | None:
+    """POST a notification; returns an error text instead of raising (a webhook never blocks a revert)."""
+
+    def send():
+        return requests.post(url, json=payload, timeout=(timeout, timeout), allow_redirects=False).status_code
+
+    try:
+        status = _bounded(send, timeout)
+    except (TimeoutError, requests.RequestException) as e:
+        return f"webhook {redact(url)} failed: {type(e).__name__}"
+    if not 200 <= status < 300:
+        return f"webhook {redact(url)} answered HTTP {status}"
+    return None

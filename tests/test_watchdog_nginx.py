@@ -1,0 +1,251 @@
+"""The watchdog end to end: a fake v2 health endpoint and webhook on loopback, real nginx, real traffic."""
+
+import json
+
+import pytest
+
+from conftest import run_cli
+from fakes import HealthEndpoint, WebhookReceiver
+from lbsplit.config import load
+from lbsplit.files import Lock
+from lbsplit.watchdog import EXIT_REVERTED, Watchdog, load_state
+
+USERS = [f"user-{i}" for i in range(300)]
+WHITELIST = ["test_user_001", "test_user_002", "internal_staff_001"]
+
+
+@pytest.fixture
+def endpoint():
+    e = HealthEndpoint()
+    yield e
+    e.close()
+
+
+@pytest.fixture
+def webhook():
+    w = WebhookReceiver()
+    yield w
+    w.close()
+
+
+def configure(sb, endpoint, webhook=None, health_extra="", top='stages = [10, 30, 100]'):
+    notify = f'\n[notify]\nwebhook = "{webhook.url}"\ntimeout = 2\n' if webhook else ""
+    sb.write_config(
+        whitelist=WHITELIST, top=top,
+        extra=f'\n[health]\nurl = "{endpoint.url}"\ntimeout = 1\n'
+              f'prometheus_textfile = "{sb.root}/lbsplit.prom"\n{health_extra}{notify}',
+    )
+
+
+def ok(result):
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def history(sb):
+    return [json.loads(l) for l in run_cli(sb.config_path, "history", "--json").stdout.splitlines()]
+
+
+def v2_share(sb):
+    return sb.variants(USERS + WHITELIST).count("v2")
+
+
+def test_healthy_v2_is_left_alone(sandbox, endpoint):
+    configure(sandbox, endpoint)
+    ok(run_cli(sandbox.config_path, "apply", "10"))
+    before = v2_share(sandbox)
+    for _ in range(4):
+        result = run_cli(sandbox.config_path, "watchdog", "--once")
+        assert result.returncode == 0 and result.stderr == ""
+    assert v2_share(sandbox) == before > 3
+    assert history(sandbox)[-1]["command"] == "apply 10"
+    log = (sandbox.state_dir / "watchdog.log").read_text().splitlines()
+    assert len(log) == 4 and all("check=PASS" in l and "no_data=fail" in l for l in log)
+    prom = (sandbox.root / "lbsplit.prom").read_text()
+    assert "lbsplit_percent 10" in prom and "lbsplit_watchdog_consecutive_failures 0" in prom
+
+
+def test_sustained_breach_reverts_after_three_checks_and_notifies(sandbox, endpoint, webhook):
+    configure(sandbox, endpoint, webhook)
+    ok(run_cli(sandbox.config_path, "apply", "10"))
+    endpoint.mode = "breach:error_rate=0.2"
+    codes = [run_cli(sandbox.config_path, "watchdog", "--once").returncode for _ in range(3)]
+    assert codes == [0, 0, EXIT_REVERTED]
+    assert v2_share(sandbox) == 0  # whitelist included: everyone is back on v1
+    last = history(sandbox)[-1]
+    assert last["command"] == "watchdog revert" and last["to"] == "off"
+    assert "error_rate 0.2 > 0.05" in last["reason"] and last["metrics"]["error_rate"] == 0.2
+    events = [e["event"] for e in webhook.received]
+    assert events == ["alert", "revert"]  # one alert (then the 5-minute cooldown), then the revert
+    assert webhook.received[-1]["metrics"]["error_rate"] == 0.2
+    # after a revert the watchdog never re-promotes, even once v2 is healthy again
+    endpoint.mode = "healthy"
+    assert run_cli(sandbox.config_path, "watchdog", "--once").returncode == 0
+    assert v2_share(sandbox) == 0
+    assert "lbsplit_reverts_total 1" in (sandbox.root / "lbsplit.prom").read_text()
+
+
+def test_a_passing_check_resets_the_count(sandbox, endpoint):
+    configure(sandbox, endpoint)
+    ok(run_cli(sandbox.config_path, "apply", "10"))
+    for mode in ("status:500", "status:500", "healthy", "status:500", "status:500"):
+        endpoint.mode = mode
+        assert run_cli(sandbox.config_path, "watchdog", "--once").returncode == 0
+    assert load_state(sandbox.state_dir / "watchdog.json").consecutive_failures == 2
+    assert v2_share(sandbox) > 0
+
+
+@pytest.mark.parametrize("policy, reverted", [("fail", True), ("ignore", False)])
+def test_unreachable_endpoint_follows_the_no_data_policy(sandbox, endpoint, policy, reverted):
+    configure(sandbox, endpoint, health_extra=f'no_data = "{policy}"\n')
+    ok(run_cli(sandbox.config_path, "apply", "10"))
+    endpoint.close()
+    codes = [run_cli(sandbox.config_path, "watchdog", "--once").returncode for _ in range(3)]
+    assert codes[-1] == (EXIT_REVERTED if reverted else 0)
+    assert (v2_share(sandbox) == 0) == reverted
+    log = (sandbox.state_dir / "watchdog.log").read_text()
+    assert f"no_data={policy}" in log and "connection refused" in log
+
+
+def test_cron_run_at_100_percent_checks_four_times_15s_apart(sandbox, endpoint):
+    configure(sandbox, endpoint)
+    ok(run_cli(sandbox.config_path, "apply", "10"))
+    ok(run_cli(sandbox.config_path, "apply", "30"))
+    ok(run_cli(sandbox.config_path, "apply", "100"))
+    settings = load(sandbox.config_path, for_revert=True)
+    endpoint.requests = 0  # the gate probed during the applies
+    clock = FakeClock()
+    code = Watchdog(settings, settings.health, clock=clock.now, sleep=clock.sleep).run("cron")
+    assert code == 0
+    assert endpoint.requests == 4
+    assert clock.slept == pytest.approx([15, 15, 15], abs=0.5)
+    assert clock.t - clock.start < 60
+
+
+def test_cron_run_reverts_a_breach_within_one_minute_at_100(sandbox, endpoint, webhook):
+    configure(sandbox, endpoint, webhook)
+    for p in ("10", "30", "100"):
+        ok(run_cli(sandbox.config_path, "apply", p))
+    endpoint.mode = "breach:timeout_rate=0.05"
+    settings = load(sandbox.config_path, for_revert=True)
+    endpoint.requests = 0  # the gate probed during the applies
+    clock = FakeClock()
+    code = Watchdog(settings, settings.health, clock=clock.now, sleep=clock.sleep).run("cron")
+    assert code == EXIT_REVERTED
+    assert endpoint.requests == 3 and clock.slept == pytest.approx([15, 15], abs=0.5)
+    assert v2_share(sandbox) == 0
+
+
+def test_on_breach_previous_steps_back_one_stage(sandbox, endpoint):
+    configure(sandbox, endpoint, health_extra='on_breach = "previous"\nfailures_before_revert = 1\n')
+    ok(run_cli(sandbox.config_path, "apply", "10"))
+    ok(run_cli(sandbox.config_path, "apply", "30"))
+    endpoint.mode = "breach:avg_response_time=40"
+    assert run_cli(sandbox.config_path, "watchdog", "--once").returncode == EXIT_REVERTED
+    status = json.loads(run_cli(sandbox.config_path, "status", "--json").stdout)
+    assert status["percent"] == 10 and status["serving"]
+    assert history(sandbox)[-1]["command"] == "watchdog step back to 10"
+
+
+def test_a_failing_webhook_never_blocks_the_revert(sandbox, endpoint):
+    dead = WebhookReceiver(status=500)
+    configure(sandbox, endpoint, dead, health_extra="failures_before_revert = 1\n")
+    ok(run_cli(sandbox.config_path, "apply", "10"))
+    endpoint.mode = "status:503"
+    assert run_cli(sandbox.config_path, "watchdog", "--once").returncode == EXIT_REVERTED
+    assert v2_share(sandbox) == 0
+    assert "answered HTTP 500" in (sandbox.state_dir / "watchdog.log").read_text()
+    dead.close()
+
+
+def test_another_watchdog_running_means_exit_quietly(sandbox, endpoint):
+    configure(sandbox, endpoint)
+    ok(run_cli(sandbox.config_path, "apply", "10"))
+    with Lock(sandbox.state_dir / "watchdog.lock", 0, "other watchdog"):
+        result = run_cli(sandbox.config_path, "watchdog", "--once")
+    assert result.returncode == 0 and result.stdout == result.stderr == ""
+    assert endpoint.requests == 0
+
+
+def test_a_check_during_an_apply_is_skipped(sandbox, endpoint):
+    configure(sandbox, endpoint, health_extra="failures_before_revert = 1\n")
+    ok(run_cli(sandbox.config_path, "apply", "10"))
+    endpoint.mode = "status:500"
+    with Lock(sandbox.state_dir / "lock", 0, "apply 30"):
+        result = run_cli(sandbox.config_path, "watchdog", "--once")
+    assert result.returncode == 0
+    assert "check skipped" in (sandbox.state_dir / "watchdog.log").read_text()
+    assert v2_share(sandbox) > 0
+
+
+def test_nothing_to_watch_when_v2_is_off(sandbox, endpoint):
+    configure(sandbox, endpoint)
+    result = run_cli(sandbox.config_path, "watchdog")
+    assert result.returncode == 0 and result.stderr == "" and endpoint.requests == 0
+
+
+def test_gate_refuses_a_widening_the_thresholds_forbid(sandbox, endpoint):
+    configure(sandbox, endpoint)
+    ok(run_cli(sandbox.config_path, "apply", "10"))
+    live = (sandbox.output_dir / "lbsplit.conf").read_bytes()
+    # 0.035 is fine at 10% (limit 5%) and at 30% (4%), but not at 100% (3%)
+    endpoint.mode = "breach:error_rate=0.035"
+    ok(run_cli(sandbox.config_path, "apply", "30"))
+    live = (sandbox.output_dir / "lbsplit.conf").read_bytes()
+    result = run_cli(sandbox.config_path, "apply", "100")
+    assert result.returncode == 8
+    assert "[FAIL] error_rate: 0.035 (limit 0.03 at 100%)" in result.stderr
+    assert "[ok  ] revert config: passes nginx -t" in result.stderr
+    assert (sandbox.output_dir / "lbsplit.conf").read_bytes() == live
+    check = run_cli(sandbox.config_path, "check", "100")
+    assert check.returncode == 8 and "[FAIL] error_rate" in check.stdout
+    forced = ok(run_cli(sandbox.config_path, "apply", "100", "--force"))
+    assert "gate overridden with --force" in forced.stdout
+    assert v2_share(sandbox) == len(USERS) + 3
+
+
+def test_gate_warns_when_no_watchdog_runs_and_promote_follows_stages(sandbox, endpoint):
+    configure(sandbox, endpoint)
+    ok(run_cli(sandbox.config_path, "promote"))  # off -> 10
+    result = ok(run_cli(sandbox.config_path, "promote"))  # 10 -> 30 through the gate
+    assert "[warn] watchdog: has never checked v2" in result.stdout
+    ok(run_cli(sandbox.config_path, "watchdog", "--once"))
+    result = ok(run_cli(sandbox.config_path, "check"))
+    assert "for v2 at 100%" in result.stdout and "[ok  ] watchdog: last checked v2" in result.stdout
+    ok(run_cli(sandbox.config_path, "promote"))
+    assert run_cli(sandbox.config_path, "promote").returncode == 2  # already at the last stage
+
+
+def test_gate_without_health_says_so_and_proceeds(sandbox):
+    ok(run_cli(sandbox.config_path, "apply", "10"))
+    result = ok(run_cli(sandbox.config_path, "apply", "30"))
+    assert "no [health] section in the config: nothing to check" in result.stdout
+
+
+class FakeClock:
+    def __init__(self):
+        import time
+
+        self.start = self.t = time.time()
+        self.slept = []
+
+    def now(self):
+        return self.t
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+        self.t += seconds
+
+
+def test_gate_refuses_when_the_revert_config_would_not_pass_nginx_t(sandbox, endpoint):
+    configure(sandbox, endpoint)
+    ok(run_cli(sandbox.config_path, "apply", "10"))
+    live = (sandbox.output_dir / "lbsplit.conf").read_bytes()
+    # v1's name stopped resolving since the last apply: a revert now would fail
+    sandbox.config_path.write_text(
+        sandbox.config_path.read_text().replace(f'v1 = ["127.0.0.1:{sandbox.v1_port}"]', 'v1 = ["v1-gone.invalid:80"]')
+    )
+    result = run_cli(sandbox.config_path, "apply", "30")
+    assert result.returncode == 8
+    assert "[FAIL] revert config: nginx -t rejects it" in result.stderr and "host not found" in result.stderr
+    assert (sandbox.output_dir / "lbsplit.conf").read_bytes() == live
