@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import files
 
-KEEP_GENERATIONS = 20
+KEEP_GENERATIONS = 5  # a 1M-id whitelist makes each one ~57 MB
 
 
 @dataclass(frozen=True)

@@ -108,20 +108,24 @@ def parse_server(text: object, field: str) -> Server:
     return Server(address=_check_address(address, field), **kwargs)
 
 
+_ID_TROUBLE_RE = re.compile(r"[\s\x00-\x1f\x7f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
+
+
 def whitelist_id_problem(user_id: str) -> str | None:
     """Why `user_id` cannot be whitelisted, or None when it can (everything else is escaped)."""
     if not user_id:
         return "the id is empty"
-    if _CONTROL_RE.search(user_id):
-        return "it contains a control character"
-    if any(c.isspace() for c in user_id):
+    if len(user_id) * 4 > MAX_ID_BYTES and len(user_id.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+        return f"it is {len(user_id.encode('utf-8', 'surrogatepass'))} bytes long; ids up to {MAX_ID_BYTES} bytes are supported"
+    if _ID_TROUBLE_RE.search(user_id):
+        if _CONTROL_RE.search(user_id):
+            return "it contains a control character"
         return "it contains whitespace (one id per line, no spaces inside an id)"
-    try:
-        size = len(user_id.encode("utf-8"))
-    except UnicodeEncodeError:
-        return "it is not valid UTF-8"
-    if size > MAX_ID_BYTES:
-        return f"it is {size} bytes long; ids up to {MAX_ID_BYTES} bytes are supported"
+    if not user_id.isascii():
+        try:
+            user_id.encode("utf-8")
+        except UnicodeEncodeError:
+            return "it is not valid UTF-8"
     return None
 
 

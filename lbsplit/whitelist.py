@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .config import SplitSettings
 from .errors import ConfigError
-from .validate import fold_case, whitelist_id_problem
+from .validate import whitelist_id_problem
 
 MAX_SHOWN = 20
 
@@ -18,35 +18,38 @@ class Whitelist:
     warnings: tuple[str, ...]
 
 
-def parse(entries: list[tuple[str, str]]) -> Whitelist:
-    """Check (where, id) pairs; report every bad one at once; drop duplicates case-insensitively."""
-    problems = []
-    for where, user_id in entries:
-        problem = whitelist_id_problem(user_id)
-        if problem:
-            problems.append(f"{where}: {user_id[:60]!r}: {problem}")
-    if problems:
-        shown = problems[:MAX_SHOWN]
-        more = f"\n  ... and {len(problems) - MAX_SHOWN} more" if len(problems) > MAX_SHOWN else ""
+Entry = tuple[str, int, str]  # (source, position, id): "split.whitelist", 0, "a1" or "whitelist.txt", 12, "b2"
+
+
+def where(source: str, position: int) -> str:
+    """Where an id came from, as the user would look for it."""
+    return f"{source}[{position}]" if source == "split.whitelist" else f"{source} line {position}"
+
+
+def parse(entries: list[Entry]) -> Whitelist:
+    """Check the ids; report every bad one at once; drop duplicates case-insensitively."""
+    bad = [(source, pos, user_id, problem) for source, pos, user_id in entries
+           if (problem := whitelist_id_problem(user_id))]
+    if bad:
+        shown = [f"{where(source, pos)}: {user_id[:60]!r}: {problem}" for source, pos, user_id, problem in bad[:MAX_SHOWN]]
+        more = f"\n  ... and {len(bad) - MAX_SHOWN} more" if len(bad) > MAX_SHOWN else ""
         raise ConfigError(
-            f"whitelist: {len(problems)} invalid id(s); fix or remove these lines:\n  "
-            + "\n  ".join(shown)
-            + more
+            f"whitelist: {len(bad)} invalid id(s); fix or remove these lines:\n  " + "\n  ".join(shown) + more
         )
-    seen: dict[bytes, tuple[str, str]] = {}
+    seen: dict[bytes, int] = {}
     ids = []
     exact_dupes = 0
     case_clashes = []
-    for where, user_id in entries:
-        folded = fold_case(user_id)
-        first = seen.get(folded)
-        if first is None:
-            seen[folded] = (where, user_id)
+    for index, (source, pos, user_id) in enumerate(entries):
+        folded = user_id.encode("utf-8").lower()  # validate.fold_case, inlined: this loop sees every id
+        first = seen.setdefault(folded, index)
+        if first == index:
             ids.append(user_id)
-        elif first[1] == user_id:
+        elif entries[first][2] == user_id:
             exact_dupes += 1
         else:
-            case_clashes.append(f"{where}: {user_id!r} matches the same users as {first[0]}: {first[1]!r}")
+            f_source, f_pos, f_id = entries[first]
+            case_clashes.append(f"{where(source, pos)}: {user_id!r} matches the same users as {where(f_source, f_pos)}: {f_id!r}")
     warnings = []
     if exact_dupes:
         warnings.append(f"whitelist: dropped {exact_dupes} duplicate id(s)")
@@ -59,8 +62,8 @@ def parse(entries: list[tuple[str, str]]) -> Whitelist:
     return Whitelist(ids=tuple(ids), warnings=tuple(warnings))
 
 
-def read_file(path: Path) -> list[tuple[str, str]]:
-    """(where, id) pairs from a whitelist file: one id per line, blank lines and # comments ignored."""
+def read_file(path: Path) -> list[Entry]:
+    """Entries of a whitelist file: one id per line, blank lines and # comments ignored."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -74,18 +77,17 @@ def read_file(path: Path) -> list[tuple[str, str]]:
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise ConfigError(f"split.whitelist_file: {path} line {line} is not UTF-8 text; save the file as UTF-8") from None
-    entries = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        stripped = line.strip(" \t\r")
-        if not stripped or stripped.startswith("#"):
-            continue
-        entries.append((f"{path.name} line {number}", stripped))
-    return entries
+    name = path.name
+    return [
+        (name, number, stripped)
+        for number, line in enumerate(text.split("\n"), start=1)
+        if (stripped := line.strip(" \t\r")) and not stripped.startswith("#")
+    ]
 
 
 def load(split: SplitSettings) -> Whitelist:
     """The effective whitelist of a config: the inline list, then the file."""
-    entries = [(f"split.whitelist[{i}]", user_id) for i, user_id in enumerate(split.whitelist)]
+    entries: list[Entry] = [("split.whitelist", i, user_id) for i, user_id in enumerate(split.whitelist)]
     if split.whitelist_file is not None:
         entries += read_file(split.whitelist_file)
     return parse(entries)

@@ -121,3 +121,15 @@ def test_long_ids_get_a_bucket_that_fits_them():
     assert size is not None and size.bucket_size >= 64
     size = map_hash_size(("x" * 255,))
     assert size.bucket_size >= 8 + 264 + 8
+
+
+def test_structure_check_catches_a_doctored_whitelist_line():
+    text = render(inputs(Stage.at(1000)))
+    doctored = text.replace('"\\\\test_user_002" lbsplit_v2;', '"\\\\x" lbsplit_v2; include /etc/passwd;')
+    with pytest.raises(structure.StructureError, match="not one quoted key"):
+        structure.check(doctored, 3)
+    with pytest.raises(structure.StructureError, match="expected 4"):
+        structure.check(text, 4)
+    extra = text.replace("upstream lbsplit_v1 {", "include /etc/nginx/other.conf;\nupstream lbsplit_v1 {")
+    with pytest.raises(structure.StructureError, match="unexpected top-level"):
+        structure.check(extra, 3)

@@ -62,4 +62,4 @@ def test_missing_whitelist_file(tmp_path):
 
 
 def test_parse_keeps_first_spelling_order():
-    assert parse([("a", "Z"), ("b", "y"), ("c", "z")]).ids == ("Z", "y")
+    assert parse([("split.whitelist", 0, "Z"), ("split.whitelist", 1, "y"), ("split.whitelist", 2, "z")]).ids == ("Z", "y")
