@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import datetime as dt
 import getpass
 import hashlib
@@ -70,6 +71,9 @@ def signals_raise():
             signal.signal(s, h)
 
 
+GENERATION_MARKER = "\0generation\0"
+
+
 @dataclass(frozen=True)
 class Plan:
     """A validated stage, ready to render for any generation number."""
@@ -78,8 +82,14 @@ class Plan:
     inputs: RenderInput
     warnings: tuple[str, ...]
 
+    @functools.cached_property
+    def _template(self) -> str:
+        # Rendered once; the generation is filled in by a plain replace. The marker holds
+        # NUL bytes, which no validated id, server or key can contain.
+        return render(dataclasses.replace(self.inputs, generation=GENERATION_MARKER))
+
     def text(self, generation: int) -> str:
-        return render(dataclasses.replace(self.inputs, generation=generation))
+        return self._template.replace(GENERATION_MARKER, str(generation))
 
     def checked_text(self, generation: int) -> str:
         """The text, parsed back and checked for shape: what apply installs."""
@@ -150,6 +160,13 @@ class Transaction:
             return f"nginx serves generation {generation} again"
         return f"nginx does not answer with generation {generation} yet; check `lbsplit status`"
 
+    def _backup(self, previous: bytes, state: State | None) -> None:
+        """Keep the live bytes for undo: a hard link to the saved generation when it is the same file."""
+        saved = self.store.generations_dir / f"{state.generation}.conf" if state else None
+        if saved is not None and state.sha256 == sha256(previous) and files.link_or_copy(saved, self.store.backup_path):
+            return
+        files.atomic_write(self.store.backup_path, previous)
+
     # ---- repair
     def repair(self) -> str | None:
         """Finish or undo a transaction that an earlier process did not complete."""
@@ -183,7 +200,7 @@ class Transaction:
 
     def _record(self, generation: int, stage: Stage, text: bytes, reloaded: bool, command: str, note: str) -> None:
         before = self.store.read_state()
-        self.store.save_generation(generation, text)
+        self.store.save_generation(generation, text, live=self.live)  # text is what the live file holds now
         self.store.write_state(
             State(
                 generation=generation,
@@ -248,7 +265,7 @@ class Transaction:
         # Backup first, then the journal, then the swap: a crash at any point leaves
         # either no journal (nothing touched) or a journal with a backup to return to.
         if previous is not None:
-            files.atomic_write(self.store.backup_path, previous)
+            self._backup(previous, state)
         self.store.begin(
             Journal(command=self.command, pid=os.getpid(), started=now(), to_generation=generation,
                     new_sha256=sha256(data), had_previous=previous is not None,

@@ -63,6 +63,22 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
                 pass
 
 
+def link_or_copy(source: Path, target: Path) -> bool:
+    """Make `target` a hard link to `source` (replacing it); False when that is not possible."""
+    tmp = target.with_name(TEMP_PREFIX + target.name)
+    try:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        os.link(source, tmp)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+        return True
+    except OSError:
+        return False
+
+
 def remove(path: Path) -> None:
     """Remove `path` if present and make the removal durable."""
     try:

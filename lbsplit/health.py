@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import requests
-
 from .errors import ConfigError
 
 MAX_BODY = 1 << 20
@@ -75,6 +73,8 @@ def _bounded(fn, timeout: float):
 
 def probe(url: str, timeout: float, headers: dict[str, str], clock=time.time) -> Sample:
     """GET the health endpoint once, within `timeout` seconds in all."""
+    import requests  # here, not at the top: apply and revert never pay for importing it
+
     at = clock()
 
     def fetch():
@@ -107,6 +107,7 @@ def probe(url: str, timeout: float, headers: dict[str, str], clock=time.time) ->
 
 def post_json(url: str, payload: dict, timeout: float) -> str | None:
     """POST a notification; returns an error text instead of raising (a webhook never blocks a revert)."""
+    import requests
 
     def send():
         return requests.post(url, json=payload, timeout=(timeout, timeout), allow_redirects=False).status_code

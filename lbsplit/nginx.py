@@ -43,6 +43,7 @@ class Nginx:
     def __init__(self, settings: NginxSettings):
         self.settings = settings
         self._compiled: dict[str, str] | None = None
+        self._pid_file: Path | None = None
 
     # checking and reloading
     def test(self) -> None:
@@ -89,6 +90,11 @@ class Nginx:
 
     def pid_file(self) -> Path:
         """Where the master writes its pid: the config's setting, the nginx.conf `pid`, or nginx's default."""
+        if self._pid_file is None:
+            self._pid_file = self._find_pid_file()
+        return self._pid_file
+
+    def _find_pid_file(self) -> Path:
         if self.settings.pid_file is not None:
             return self.settings.pid_file
         prefix = self.settings.prefix or Path(self.compiled_defaults().get("prefix", "/usr/share/nginx"))

@@ -34,7 +34,7 @@ _ENV = jinja2.Environment(
 
 @dataclass(frozen=True)
 class RenderInput:
-    generation: int
+    generation: int | str
     stage: Stage
     mode: str
     key: str
@@ -61,6 +61,18 @@ def map_key(user_id: str) -> str:
     return '"\\\\' + user_id.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def whitelist_lines(ids: tuple[str, ...]) -> str:
+    """One `"\\id" lbsplit_v2;` line per id, as map_key spells it, built with whole-string operations.
+
+    Equivalent to joining map_key(id) lines; a million ids take a fraction of a second
+    instead of a million template-loop iterations. Ids never contain NUL (validated).
+    """
+    if not ids:
+        return ""
+    escaped = "\0".join(ids).replace("\\", "\\\\").replace('"', '\\"')
+    return '    "\\\\' + escaped.replace("\0", '" lbsplit_v2;\n    "\\\\') + '" lbsplit_v2;\n'
+
+
 def _elt_size(key_bytes: int) -> int:
     # NGX_HASH_ELT_SIZE: a value pointer, then the key with a 2-byte length, pointer-aligned.
     return POINTER + (key_bytes + 2 + POINTER - 1) // POINTER * POINTER
@@ -85,16 +97,22 @@ def map_hash_size(ids: tuple[str, ...]) -> MapHashSize | None:
     """
     if not ids:
         return None
-    sizes = [len(i.encode("utf-8")) for i in ids]
-    longest = _elt_size(max(sizes))
+    joined = "".join(ids)
+    if joined.isascii():
+        longest_bytes = max(map(len, ids))
+        total_bytes = len(joined)
+    else:
+        sizes = [len(i.encode("utf-8")) for i in ids]
+        longest_bytes, total_bytes = max(sizes), sum(sizes)
+    longest = _elt_size(longest_bytes)
     if longest + POINTER <= DEFAULT_BUCKET_SIZE and len(ids) <= 500:
         return None
     bucket = 512
     while bucket < 4 * longest + POINTER:
         bucket *= 2
     capacity = (bucket - POINTER) // longest
-    average = sum(_elt_size(s) for s in sizes) / len(sizes)
-    per_bucket = max(1, (bucket - POINTER) // int(math.ceil(average)))
+    average = _elt_size(math.ceil(total_bytes / len(ids)))
+    per_bucket = max(1, (bucket - POINTER) // average)
     # Pick the fullest mean load whose expected count of overflowing buckets stays tiny.
     mean = float(per_bucket)
     while mean > 0.25:
@@ -153,7 +171,8 @@ def render(inp: RenderInput) -> str:
         pool_lines=pool_lines,
         split=split,
         default_target=default_target,
-        whitelist_keys=[map_key(i) for i in whitelist],
+        whitelist_size=len(whitelist),
+        whitelist_lines=whitelist_lines(whitelist),
         map_hash=map_hash_size(whitelist),
         status_listen=inp.status_listen,
         status_percent=stage.percent if on else "null",

@@ -200,3 +200,47 @@ whitelist = {json.dumps(whitelist)}
         finally:
             conn.close()
         return out
+
+
+def pipelined_variants(port: int, user_ids: list[str], header: str = "X-User-Id", batch: int = 200,
+                       per_connection: int = 1000) -> list[str]:
+    """Like Sandbox.variants, but HTTP/1.1-pipelined in batches: ~10x faster, for benchmarks.
+
+    A new connection every `per_connection` requests: nginx closes a keep-alive
+    connection after keepalive_requests (1000 by default).
+    """
+    out: list[str] = []
+    for first in range(0, len(user_ids), per_connection):
+        out += _pipelined_one_connection(port, user_ids[first:first + per_connection], header, batch)
+    return out
+
+
+def _pipelined_one_connection(port: int, user_ids: list[str], header: str, batch: int) -> list[str]:
+    out: list[str] = []
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        buffer = b""
+        for start in range(0, len(user_ids), batch):
+            chunk = user_ids[start:start + batch]
+            sock.sendall(b"".join(
+                b"GET / HTTP/1.1\r\nHost: bench\r\n" + header.encode() + b": " + u.encode("utf-8") + b"\r\n\r\n"
+                for u in chunk
+            ))
+            wanted = len(chunk)
+            while wanted:
+                end = buffer.find(b"\r\n\r\n")
+                if end >= 0:
+                    head = buffer[:end].decode("latin-1")
+                    length = int(next(l.split(":", 1)[1] for l in head.split("\r\n") if l.lower().startswith("content-length")))
+                    if len(buffer) >= end + 4 + length:
+                        out.append(buffer[end + 4:end + 4 + length].decode().strip())
+                        buffer = buffer[end + 4 + length:]
+                        wanted -= 1
+                        continue
+                data = sock.recv(1 << 16)
+                if not data:
+                    raise ConnectionError("nginx closed the connection mid-batch")
+                buffer += data
+    finally:
+        sock.close()
+    return out

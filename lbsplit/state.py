@@ -130,8 +130,11 @@ class StateStore:
         files.remove(self.backup_path)
 
     # generations
-    def save_generation(self, generation: int, text: bytes) -> None:
-        files.atomic_write(self.generations_dir / f"{generation}.conf", text)
+    def save_generation(self, generation: int, text: bytes, live: Path | None = None) -> None:
+        """Keep a generation's text; a hard link to the live file when both are on one file system."""
+        target = self.generations_dir / f"{generation}.conf"
+        if live is None or not files.link_or_copy(live, target):
+            files.atomic_write(target, text)
         kept = sorted(
             (int(p.stem) for p in self.generations_dir.glob("*.conf") if p.stem.isdigit()), reverse=True
         )

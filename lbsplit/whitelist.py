@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .config import SplitSettings
 from .errors import ConfigError
-from .validate import whitelist_id_problem
+from .validate import _ID_TROUBLE_RE as _BAD, MAX_ID_BYTES, whitelist_id_problem
 
 MAX_SHOWN = 20
 
@@ -16,6 +16,19 @@ MAX_SHOWN = 20
 class Whitelist:
     ids: tuple[str, ...]
     warnings: tuple[str, ...]
+
+
+def _all_fine(ids: list[str]) -> bool:
+    """The common case in whole-string operations: no id is empty, too long or has a bad character."""
+    if not ids or "" in ids:
+        return not ids
+    joined = "".join(ids)
+    if _BAD.search(joined):
+        return False
+    longest = max(ids, key=len)
+    if len(longest) * 4 <= MAX_ID_BYTES or joined.isascii() and len(longest) <= MAX_ID_BYTES:
+        return True
+    return all(whitelist_id_problem(i) is None for i in ids)
 
 
 Entry = tuple[str, int, str]  # (source, position, id): "split.whitelist", 0, "a1" or "whitelist.txt", 12, "b2"
@@ -28,8 +41,9 @@ def where(source: str, position: int) -> str:
 
 def parse(entries: list[Entry]) -> Whitelist:
     """Check the ids; report every bad one at once; drop duplicates case-insensitively."""
-    bad = [(source, pos, user_id, problem) for source, pos, user_id in entries
-           if (problem := whitelist_id_problem(user_id))]
+    bad = [] if _all_fine([user_id for _, _, user_id in entries]) else [
+        (source, pos, user_id, problem) for source, pos, user_id in entries if (problem := whitelist_id_problem(user_id))
+    ]
     if bad:
         shown = [f"{where(source, pos)}: {user_id[:60]!r}: {problem}" for source, pos, user_id, problem in bad[:MAX_SHOWN]]
         more = f"\n  ... and {len(bad) - MAX_SHOWN} more" if len(bad) > MAX_SHOWN else ""

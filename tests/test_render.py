@@ -133,3 +133,10 @@ def test_structure_check_catches_a_doctored_whitelist_line():
     extra = text.replace("upstream lbsplit_v1 {", "include /etc/nginx/other.conf;\nupstream lbsplit_v1 {")
     with pytest.raises(structure.StructureError, match="unexpected top-level"):
         structure.check(extra, 3)
+
+
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=20), max_size=30))
+def test_whitelist_lines_equal_one_map_key_per_line(ids):
+    from lbsplit.render import whitelist_lines
+
+    assert whitelist_lines(tuple(ids)) == "".join(f"    {map_key(i)} lbsplit_v2;\n" for i in ids)

@@ -63,3 +63,14 @@ def test_missing_whitelist_file(tmp_path):
 
 def test_parse_keeps_first_spelling_order():
     assert parse([("split.whitelist", 0, "Z"), ("split.whitelist", 1, "y"), ("split.whitelist", 2, "z")]).ids == ("Z", "y")
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+
+@given(st.lists(st.text(max_size=80), max_size=8))
+def test_fast_path_agrees_with_the_per_id_rules(ids):
+    from lbsplit.validate import whitelist_id_problem
+    from lbsplit.whitelist import _all_fine
+
+    assert _all_fine(ids) == all(whitelist_id_problem(i) is None for i in ids)

@@ -1,0 +1,310 @@
+"""`make bench`: every measurement on real nginx, side by side, written to docs/benchmarks.md.
+
+Each figure is a ratio or a count from one run on one machine: lbsplit next to a
+baseline measured in the same run (alternating, medians), never a timed assertion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from lbsplit.sandbox import NginxProcess, Sandbox, fill, free_port, nginx_binary, pipelined_variants
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+RESULTS: dict[str, object] = {}
+
+
+def lbsplit(sb: Sandbox, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "lbsplit", "--config", str(sb.config_path), *args],
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"lbsplit {' '.join(args)} failed: {result.stderr}")
+    return result
+
+
+def new_sandbox(root: Path, whitelist_file: bool = False) -> Sandbox:
+    sb = Sandbox(root)
+    sb.write_config(extra='whitelist_file = "wl.txt"\n' if whitelist_file else "")
+    (sb.root / "wl.txt").write_text("")
+    lbsplit(sb, "init")
+    sb.start()
+    return sb
+
+
+def uuids(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(n)]
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- 1. split fidelity
+def fidelity(root: Path, n: int) -> None:
+    sb = new_sandbox(root / "fidelity")
+    try:
+        rng = random.Random(11)
+        ids = list(dict.fromkeys(
+            [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(n // 2)]
+            + [str(rng.randrange(10**11)) for _ in range(n - n // 2)]
+        ))
+        rows = []
+        sets = {}
+        for percent in (1, 10, 30, 50, 99, 100):
+            lbsplit(sb, "apply", str(percent))
+            started = time.monotonic()
+            variants = pipelined_variants(sb.port, ids)
+            on_v2 = {i for i, v in zip(ids, variants) if v == "v2"}
+            sets[percent] = on_v2
+            share = 100 * len(on_v2) / len(ids)
+            rows.append({"percent": percent, "observed": share, "diff_points": share - percent,
+                         "requests": len(ids), "seconds": time.monotonic() - started})
+            log(f"fidelity {percent}%: {share:.3f}%")
+        flips = {"10->30": len(sets[10] - sets[30]), "30->100": len(sets[30] - sets[100])}
+        RESULTS["fidelity"] = {"ids": len(ids), "rows": [r for r in rows if r["percent"] != 100], "flips": flips}
+    finally:
+        sb.stop()
+
+
+# ---------------------------------------------------------------- 2. time to live
+def _poll_generation(sb: Sandbox, generation: int, timeout: float = 120) -> None:
+    import http.client
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", sb.status_port, timeout=2)
+            conn.request("GET", "/lbsplit/status", headers={"Connection": "close"})
+            if json.loads(conn.getresponse().read()).get("generation") == generation:
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.005)
+    raise RuntimeError(f"generation {generation} never served")
+
+
+def time_to_live(root: Path, sizes: list[int], repeats: dict[int, int]) -> None:
+    sb = new_sandbox(root / "ttl", whitelist_file=True)
+    nginx_argv = [sb.binary, "-p", str(sb.front.prefix), "-c", str(sb.front.conf)]
+    rows = []
+    try:
+        for n in sizes:
+            (sb.root / "wl.txt").write_text("\n".join(uuids(n, 21)) + ("\n" if n else ""))
+            lbsplit(sb, "apply", "10")
+            floor, ours = [], []
+            fake_generation = 1_000_000 * (n + 1)
+            for i in range(repeats[n]):
+                target = "20" if i % 2 == 0 else "10"
+                # floor: the same kind of file, swapped in by hand; nginx -t, reload, first new answer
+                fake_generation += 1
+                text = lbsplit(sb, "render", target).stdout
+                text = re.sub(r"generation \d+", f"generation {fake_generation}", text)
+                text = re.sub(r'"generation": \d+', f'"generation": {fake_generation}', text)
+                live = sb.output_dir / "lbsplit.conf"
+                saved = live.read_bytes()
+                live.write_text(text)
+                started = time.monotonic()
+                subprocess.run(nginx_argv + ["-t", "-q"], check=True)
+                subprocess.run(nginx_argv + ["-s", "reload"], check=True)
+                _poll_generation(sb, fake_generation)
+                floor.append(time.monotonic() - started)
+                live.write_bytes(saved)
+                subprocess.run(nginx_argv + ["-s", "reload"], check=True)
+                time.sleep(0.5 + n / 200_000)
+                # lbsplit: from the command starting until nginx serves the new generation
+                other = "20" if target == "10" else "10"
+                started = time.monotonic()
+                lbsplit(sb, "apply", other)
+                ours.append(time.monotonic() - started)
+                time.sleep(0.3 + n / 200_000)
+            row = {"ids": n, "floor_s": statistics.median(floor), "lbsplit_s": statistics.median(ours),
+                   "repeats": repeats[n]}
+            row["ratio"] = row["lbsplit_s"] / row["floor_s"]
+            rows.append(row)
+            log(f"time to live {n} ids: floor {row['floor_s']:.2f}s lbsplit {row['lbsplit_s']:.2f}s")
+        RESULTS["time_to_live"] = rows
+    finally:
+        sb.stop()
+
+
+# ---------------------------------------------------------------- 3. proxy cost
+def _wrk(url: str, script: str | None, seconds: int, connections: int = 32) -> dict:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
+    if script:
+        argv += ["-s", str(BENCH / script)]
+    out = subprocess.run(argv + [url], capture_output=True, text=True, check=True).stdout
+    return _parse_wrk(out)
+
+
+def _parse_wrk(out: str) -> dict:
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = {k: int(v) for k, v in re.findall(r"(connect|read|write|timeout) (\d+)", out)}
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "requests": total, "socket_errors": errors,
+            "failed": sum(errors.values()) + (int(non2xx.group(1)) if non2xx else 0)}
+
+
+def proxy_cost(root: Path, seconds: int, rounds: int) -> None:
+    sb = new_sandbox(root / "proxy")
+    plain_port = free_port()
+    plain_prefix = root / "plain"
+    conf = (REPO / "nginx" / "sandbox.conf.tmpl").read_text()
+    conf = conf.replace("    include @OUTPUT_DIR@/lbsplit.conf;\n", "    upstream plain_v1 { server 127.0.0.1:@V1_PORT@; }\n")
+    conf = conf.replace("include @NGINX_DIR@/lbsplit-proxy.conf;", "proxy_pass http://plain_v1;")
+    plain = NginxProcess(plain_prefix, fill(conf, {"USER_LINE": "user root;" if os.geteuid() == 0 else "",
+                                                   "PREFIX": plain_prefix, "PORT": plain_port,
+                                                   "V1_PORT": sb.v1_port}), sb.binary)
+    plain.start(wait_port=plain_port)
+    try:
+        (sb.root / "wl.txt").write_text("")
+        sb.write_config(whitelist=["test_user_001", "test_user_002", "internal_staff_001"])
+        lbsplit(sb, "apply", "30")
+        ours, base = [], []
+        for _ in range(rounds):
+            base.append(_wrk(f"http://127.0.0.1:{plain_port}/", "ids.lua", seconds)["rps"])
+            ours.append(_wrk(f"http://127.0.0.1:{sb.port}/", "ids.lua", seconds)["rps"])
+        RESULTS["proxy_cost"] = {"plain_rps": statistics.median(base), "lbsplit_rps": statistics.median(ours),
+                                 "ratio": statistics.median(ours) / statistics.median(base), "rounds": rounds,
+                                 "seconds": seconds, "all_plain": base, "all_lbsplit": ours}
+        log(f"proxy cost: plain {statistics.median(base):.0f} rps, lbsplit {statistics.median(ours):.0f} rps")
+    finally:
+        plain.stop()
+        sb.stop()
+
+
+# ---------------------------------------------------------------- 4. reloads under load
+def _under_load(sb: Sandbox, script: str, action, count: int) -> dict:
+    wrk = subprocess.Popen(["wrk", "-t1", "-c50", "-d600s", "-s", str(BENCH / script), f"http://127.0.0.1:{sb.port}/"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)
+        started = time.monotonic()
+        for i in range(count):
+            action(i)
+        elapsed = time.monotonic() - started
+        time.sleep(1)
+    finally:
+        wrk.send_signal(signal.SIGINT)
+        out, _ = wrk.communicate(timeout=30)
+    result = _parse_wrk(out)
+    result["seconds"] = elapsed
+    return result
+
+
+def reloads_under_load(root: Path, count: int) -> None:
+    sb = new_sandbox(root / "reloads")
+    nginx_argv = [sb.binary, "-p", str(sb.front.prefix), "-c", str(sb.front.conf)]
+    try:
+        lbsplit(sb, "apply", "10")
+        apply = lambda i: lbsplit(sb, "apply", "20" if i % 2 == 0 else "10")
+
+        def bare(i):
+            subprocess.run(nginx_argv + ["-s", "reload"], check=True)
+            time.sleep(0.4)  # about the pace of an apply, so both see the same number of reloads per second
+
+        rows = {}
+        for clients, script in (("close", "ids-close.lua"), ("keep-alive", "ids.lua")):
+            rows[clients] = {"lbsplit": _under_load(sb, script, apply, count),
+                             "bare_reload": _under_load(sb, script, bare, count)}
+            log(f"reloads, {clients}: lbsplit {rows[clients]['lbsplit']['failed']} failed, "
+                f"bare {rows[clients]['bare_reload']['failed']} failed")
+        RESULTS["reloads"] = {"count": count, "rows": rows}
+    finally:
+        sb.stop()
+
+
+# ---------------------------------------------------------------- 5. memory
+def _rss_kib(pid: int) -> int:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", text).group(1))
+
+
+def memory(root: Path, sizes: list[int]) -> None:
+    from lbsplit.nginx import Nginx
+
+    sb = new_sandbox(root / "memory", whitelist_file=True)
+    rows = []
+    try:
+        for n in sizes:
+            ids = uuids(n, 31)
+            (sb.root / "wl.txt").write_text("\n".join(ids) + ("\n" if n else ""))
+            lbsplit(sb, "apply", "10" if not rows or rows[-1]["percent"] == 20 else "20")
+            time.sleep(1 + n / 200_000)  # old workers gone
+            pipelined_variants(sb.port, (ids[:500] or ["x"]) * 4)
+            master = sb.front.pid()
+            workers = sorted(Nginx.worker_pids(master))
+            rows.append({"ids": n, "percent": 10 if not rows or rows[-1]["percent"] == 20 else 20,
+                         "worker_rss_mib": statistics.mean(_rss_kib(p) for p in workers) / 1024,
+                         "master_rss_mib": _rss_kib(master) / 1024, "workers": len(workers)})
+            log(f"memory {n} ids: worker {rows[-1]['worker_rss_mib']:.1f} MiB")
+        RESULTS["memory"] = rows
+    finally:
+        sb.stop()
+
+
+# ---------------------------------------------------------------- report
+def machine() -> dict:
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    nginx_version = subprocess.run([nginx_binary(), "-v"], capture_output=True, text=True).stderr.strip()
+    wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
+            "kernel": platform.release(), "python": platform.python_version(), "nginx": nginx_version, "wrk": wrk_version,
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument("--only", action="append", help="run only these sections")
+    parser.add_argument("--json", default=str(REPO / "docs" / "benchmarks.json"))
+    args = parser.parse_args()
+    if nginx_binary() is None or shutil.which("wrk") is None:
+        print("make bench needs nginx and wrk (make installs them from Debian's packages)", file=sys.stderr)
+        return 1
+    q = args.quick
+    sections = {
+        "fidelity": lambda root: fidelity(root, 10_000 if q else 100_000),
+        "time_to_live": lambda root: time_to_live(root, [0, 100_000] if q else [0, 100_000, 1_000_000],
+                                                  {0: 3 if q else 7, 100_000: 3 if q else 7, 1_000_000: 3}),
+        "proxy_cost": lambda root: proxy_cost(root, 3 if q else 8, 2 if q else 5),
+        "reloads": lambda root: reloads_under_load(root, 10 if q else 50),
+        "memory": lambda root: memory(root, [0, 100_000] if q else [0, 100_000, 1_000_000]),
+    }
+    previous = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
+    RESULTS.update({k: v for k, v in previous.items() if k not in ("machine",)})
+    with tempfile.TemporaryDirectory(prefix="lbsplit-bench-") as tmp:
+        for name, run in sections.items():
+            if args.only and name not in args.only:
+                continue
+            log(f"== {name}")
+            run(Path(tmp))
+    RESULTS["machine"] = machine()
+    RESULTS["quick"] = q
+    Path(args.json).write_text(json.dumps(RESULTS, indent=2) + "\n")
+    from benchmarks.report import write_report
+
+    write_report(RESULTS, REPO / "docs" / "benchmarks.md")
+    log("wrote docs/benchmarks.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
