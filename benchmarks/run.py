@@ -167,7 +167,10 @@ def proxy_cost(root: Path, seconds: int, rounds: int) -> None:
     plain_prefix = root / "plain"
     conf = (REPO / "nginx" / "sandbox.conf.tmpl").read_text()
     conf = conf.replace("    include @OUTPUT_DIR@/lbsplit.conf;\n", "    upstream plain_v1 { server 127.0.0.1:@V1_PORT@; }\n")
-    conf = conf.replace("include @NGINX_DIR@/lbsplit-proxy.conf;", "proxy_pass http://plain_v1;")
+    # The same proxy lines as nginx/lbsplit-proxy.conf, with a fixed upstream instead of $lbsplit_upstream.
+    plain_proxy = (REPO / "nginx" / "lbsplit-proxy.conf").read_text().replace("$lbsplit_upstream", "plain_v1")
+    plain_proxy = "\n".join(l for l in plain_proxy.splitlines() if l and not l.startswith("#"))
+    conf = conf.replace("include @NGINX_DIR@/lbsplit-proxy.conf;", plain_proxy)
     plain = NginxProcess(plain_prefix, fill(conf, {"USER_LINE": "user root;" if os.geteuid() == 0 else "",
                                                    "PREFIX": plain_prefix, "PORT": plain_port,
                                                    "V1_PORT": sb.v1_port}), sb.binary)

@@ -74,8 +74,8 @@ class NginxProcess:
 
     def stop(self) -> None:
         pid = self.pid()
-        if pid is None:
-            return
+        if pid is None or not _is_nginx_master(pid):
+            return  # never signal a pid that is not our nginx master (the file may be stale)
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -83,6 +83,13 @@ class NginxProcess:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.02)
+
+
+def _is_nginx_master(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"nginx: master process")
+    except OSError:
+        return False
 
 
 def _alive(pid: int) -> bool:

@@ -164,27 +164,58 @@ def test_lock_busy_fails_after_the_bounded_wait(sandbox):
     assert "held by pid" in result.stderr and "test holding the lock" in result.stderr
 
 
-@pytest.mark.parametrize("trial", range(10))
-def test_kill_9_during_apply_leaves_old_or_new_and_is_repaired(sandbox, trial):
-    applied(sandbox, "10")
-    old = live_bytes(sandbox)
-    argv = [sys.executable, "-m", "lbsplit", "--config", str(sandbox.config_path), "apply", "30"]
+def crash_trial(sb, command: list[str], delay: float, expect_new: bytes) -> str:
+    """kill -9 `lbsplit COMMAND` after `delay` s; check the disk and nginx; repair; return what repair said."""
+    old = live_bytes(sb)
+    argv = [sys.executable, "-m", "lbsplit", "--config", str(sb.config_path), *command]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.1 + trial * 0.035)  # from python start-up to after the verify
+    time.sleep(delay)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    now = live_bytes(sandbox)
-    new_files = sorted((sandbox.state_dir / "generations").glob("*.conf"))
-    assert now == old or b"30% lbsplit_v2;" in now, "torn file"
-    assert subprocess.run([sandbox.binary, "-p", str(sandbox.front.prefix), "-c", str(sandbox.front.conf), "-t", "-q"]).returncode == 0
-    unfinished = status(sandbox)["unfinished_transaction"]
-    result = run_cli(sandbox.config_path, "repair")
+    now = live_bytes(sb)
+    assert now == old or expect_new in now, "torn or foreign file on disk"
+    assert subprocess.run([sb.binary, "-p", str(sb.front.prefix), "-c", str(sb.front.conf), "-t", "-q"]).returncode == 0
+    assert not list(sb.output_dir.glob(".lbsplit-tmp-*"))
+    unfinished = status(sb)["unfinished_transaction"]
+    result = run_cli(sb.config_path, "repair")
     assert result.returncode == 0, result.stderr
-    print("trial", trial, result.stdout.strip())
     assert ("interrupted" in result.stdout) == (unfinished is not None)
-    s = status(sandbox)
+    s = status(sb)
     assert s["unfinished_transaction"] is None
-    assert s["serving"] is True, (s, result.stdout)
-    assert s["generation"] == s["serving_generation"]
-    assert new_files  # generations were kept
-    assert not list(sandbox.output_dir.glob(".lbsplit-tmp-*"))
+    assert s["serving"] is True and s["generation"] == s["serving_generation"], (s, result.stdout)
+    # state and history agree with what nginx serves
+    last = json.loads(run_cli(sb.config_path, "history", "--json").stdout.splitlines()[-1])
+    served = (sb.output_dir / "lbsplit.conf").read_bytes()
+    assert (b"v2 off" in served) == (s["v2_enabled"] is False)
+    assert last["generation"] == s["generation"] or last["command"].startswith("repair")
+    return result.stdout.strip()
+
+
+@pytest.mark.parametrize("trial", range(20))
+def test_kill_9_during_apply_or_revert_leaves_old_or_new_and_is_repaired(sandbox, trial):
+    applied(sandbox, "10")
+    delay = 0.1 + (trial // 2) * 0.04  # from python start-up to after the verify
+    if trial % 2 == 0:
+        crash_trial(sandbox, ["apply", "30"], delay, b"30% lbsplit_v2;")
+    else:
+        crash_trial(sandbox, ["revert"], delay, b"v2 off (everyone on v1)")
+
+
+@pytest.mark.slow
+def test_200_crash_trials(sandbox):
+    import random
+
+    rng = random.Random(9)
+    outcomes = {}
+    for trial in range(200):
+        percent = rng.choice(["10", "30", "50"])
+        applied(sandbox, percent)
+        if trial % 2:
+            said = crash_trial(sandbox, ["revert"], rng.uniform(0.05, 0.6), b"v2 off (everyone on v1)")
+        else:
+            target = {"10": "30", "30": "50", "50": "10"}[percent]
+            said = crash_trial(sandbox, ["apply", target], rng.uniform(0.05, 0.6), f"{target}% lbsplit_v2;".encode())
+        kind = said.split(" ")[0]
+        outcomes[kind] = outcomes.get(kind, 0) + 1
+    print("repair outcomes over 200 trials:", outcomes)
+    assert sum(outcomes.values()) == 200

@@ -249,3 +249,17 @@ def test_gate_refuses_when_the_revert_config_would_not_pass_nginx_t(sandbox, end
     assert result.returncode == 8
     assert "[FAIL] revert config: nginx -t rejects it" in result.stderr and "host not found" in result.stderr
     assert (sandbox.output_dir / "lbsplit.conf").read_bytes() == live
+
+
+def test_bearer_token_is_sent_and_never_printed(sandbox, endpoint, webhook):
+    token = "tok-9f8e7d6c5b4a"
+    (sandbox.root / "token").write_text(token + "\n")
+    configure(sandbox, endpoint, webhook, health_extra='bearer_token_file = "token"\nfailures_before_revert = 1\n')
+    ok(run_cli(sandbox.config_path, "apply", "10"))
+    endpoint.mode = "status:500"
+    result = run_cli(sandbox.config_path, "watchdog", "--once")
+    assert result.returncode == EXIT_REVERTED
+    assert endpoint.seen_headers[-1]["Authorization"] == f"Bearer {token}"
+    seen = result.stdout + result.stderr + run_cli(sandbox.config_path, "history", "--json").stdout
+    seen += (sandbox.state_dir / "watchdog.log").read_text() + json.dumps(webhook.received)
+    assert token not in seen
