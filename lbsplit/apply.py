@@ -170,6 +170,9 @@ class Transaction:
     # ---- repair
     def repair(self) -> str | None:
         """Finish or undo a transaction that an earlier process did not complete."""
+        # A kill -9 between creating a temp file and renaming it leaves the temp file behind.
+        for directory in (self.live.parent, self.store.dir, self.store.generations_dir):
+            files.remove_stale_temps(directory)
         journal = self.store.read_journal()
         if journal is None:
             return None

@@ -12,7 +12,7 @@ import click
 from . import __version__, files
 from .apply import Transaction, install_only, plan
 from .config import Settings, find_config, load
-from .errors import ConfigError, LbsplitError
+from .errors import ConfigError, EnvironmentProblem, LbsplitError
 from .model import Stage, parse_percent
 from .nginx import Nginx
 from .state import StateStore
@@ -356,6 +356,57 @@ def route(obj: Context, user_id: str, percent: str | None, fallback: str | None,
             click.echo(json.dumps(answer.as_dict(), ensure_ascii=False, indent=2))
         else:
             click.echo(f"{answer.variant}: {answer.reason}")
+
+    run(go)
+
+
+@main.command()
+@click.option("--window", default="5m", show_default=True, help="How far back: 30s, 5m, 1h.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def report(obj: Context, window: str, as_json: bool) -> None:
+    """v1 and v2 side by side, from nginx's access log: requests, error and timeout rates, latency.
+
+    Needs [health] access_log and `access_log PATH lbsplit;` in nginx. Example: lbsplit report --window 1m
+    """
+
+    def go():
+        import time as _time
+
+        from .logsource import parse_duration, read_window, variant_of_addr
+
+        try:
+            seconds = parse_duration(window)
+        except ValueError as e:
+            raise ConfigError(f"--window: {e}") from None
+        settings = obj.settings(for_revert=True)
+        health = settings.require_health()
+        if health is None or health.access_log is None:
+            raise ConfigError("health.access_log: not set; add it (and `access_log PATH lbsplit;` in nginx) to use report")
+        now = _time.time()
+        try:
+            stats = read_window(health.access_log, seconds, now, variant_of_addr(settings.v1, settings.v2))
+        except OSError as e:
+            raise EnvironmentProblem(f"health.access_log: cannot read {health.access_log}: {e.strerror}") from None
+        table = {v: st.as_dict() for v, st in sorted(stats.stats(now - seconds, now).items())}
+        if as_json:
+            click.echo(json.dumps({"window_seconds": seconds, "log": str(health.access_log), "variants": table}, indent=2))
+            return
+        click.echo(f"last {window} of {health.access_log}")
+        click.echo(f"{'variant':<8} {'requests':>9} {'errors':>8} {'timeouts':>9} {'avg':>9} {'p95':>9}")
+        for variant, row in table.items():
+            def pct(x):
+                return "-" if x is None else f"{100 * x:.2f}%"
+
+            def sec(x):
+                return "-" if x is None else f"{x:.3f}s"
+
+            click.echo(f"{variant:<8} {row['requests']:>9} {pct(row['error_rate']):>8} {pct(row['timeout_rate']):>9} "
+                       f"{sec(row['avg_response_time']):>9} {sec(row['p95_response_time']):>9}")
+        low = [v for v, row in table.items() if row["requests"] < health.min_requests]
+        if low:
+            click.echo(f"not enough data to judge {', '.join(low)}: fewer than {health.min_requests} requests "
+                       "(health.min_requests)")
 
     run(go)
 

@@ -60,13 +60,14 @@ class Thresholds:
     avg_response_time: float
     check_every: float
     alert_cooldown: float
+    window: float  # seconds of access log the nginx_log source judges
 
 
 # The rollout plan's table: stage up to 10% / 30% / 100%.
 DEFAULT_THRESHOLDS = (
-    Thresholds(1000, 0.05, 0.02, 10, 30, 60, 300),
-    Thresholds(3000, 0.04, 0.015, 8, 25, 30, 120),
-    Thresholds(10000, 0.03, 0.01, 5, 20, 15, 60),
+    Thresholds(1000, 0.05, 0.02, 10, 30, 60, 300, 300),
+    Thresholds(3000, 0.04, 0.015, 8, 25, 30, 120, 60),
+    Thresholds(10000, 0.03, 0.01, 5, 20, 15, 60, 30),
 )
 METRICS = ("error_rate", "timeout_rate", "dead_letter_growth", "avg_response_time")
 
@@ -85,6 +86,19 @@ class HealthSettings:
     thresholds: tuple[Thresholds, ...]
     log: Path
     prometheus_textfile: Path | None
+    source: str = "endpoint"  # "endpoint", "nginx_log" or "both"
+    access_log: Path | None = None
+    min_requests: int = 50
+    baseline_error_margin: float = 0.02
+    baseline_latency_factor: float = 1.5
+
+    @property
+    def uses_endpoint(self) -> bool:
+        return self.source in ("endpoint", "both")
+
+    @property
+    def uses_log(self) -> bool:
+        return self.source in ("nginx_log", "both")
 
     def thresholds_for(self, hundredths: int) -> Thresholds:
         """The first row whose up_to_percent covers the stage."""
@@ -137,6 +151,7 @@ THRESHOLD_SCHEMA = {
     "avg_response_time": (int, float),
     "check_every": (int, float),
     "alert_cooldown": (int, float),
+    "window": (int, float),
 }
 FREE_TABLE = "free table"
 
@@ -157,6 +172,11 @@ SCHEMA: dict[str, object] = {
         "thresholds": [THRESHOLD_SCHEMA],
         "log": str,
         "prometheus_textfile": str,
+        "source": str,
+        "access_log": str,
+        "min_requests": int,
+        "baseline_error_margin": (int, float),
+        "baseline_latency_factor": (int, float),
     },
     "notify": {"webhook": str, "timeout": (int, float)},
     "nginx": {
@@ -380,9 +400,10 @@ def _thresholds(rows: list) -> tuple[Thresholds, ...]:
         # Unset fields take the plan's default for the same stage.
         base = next((d for d in DEFAULT_THRESHOLDS if up_to <= d.up_to_hundredths), DEFAULT_THRESHOLDS[-1])
         values = {}
-        for key in ("error_rate", "timeout_rate", "dead_letter_growth", "avg_response_time", "check_every", "alert_cooldown"):
+        for key in ("error_rate", "timeout_rate", "dead_letter_growth", "avg_response_time", "check_every",
+                    "alert_cooldown", "window"):
             value = float(row.get(key, getattr(base, key)))
-            if value < 0 or (key == "check_every" and not 1 <= value <= 3600):
+            if value < 0 or (key in ("check_every", "window") and not 1 <= value <= 3600):
                 raise ConfigError(f"{name}.{key}: {value:g} is out of range")
             values[key] = value
         out.append(Thresholds(up_to_hundredths=up_to, **values))
@@ -394,8 +415,22 @@ def _thresholds(rows: list) -> tuple[Thresholds, ...]:
 
 
 def _health(base: Path, table: dict, state_dir: Path) -> HealthSettings:
-    if "url" not in table:
+    source = table.get("source", "endpoint" if "url" in table or "access_log" not in table else "nginx_log")
+    if source not in ("endpoint", "nginx_log", "both"):
+        raise ConfigError(f"health.source: {source!r}; use \"endpoint\", \"nginx_log\" or \"both\"")
+    if source != "endpoint" and "access_log" not in table:
+        raise ConfigError("health.access_log: missing; give the log written with `access_log PATH lbsplit;` in nginx")
+    if source != "nginx_log" and "url" not in table:
         raise ConfigError("health.url: missing; give v2's health endpoint, e.g. url = \"http://10.0.1.1:5000/api/v2/monitoring/health\"")
+    min_requests = table.get("min_requests", 50)
+    if not 1 <= min_requests <= 10_000_000:
+        raise ConfigError("health.min_requests: give a whole number of requests from 1 up")
+    margin = float(table.get("baseline_error_margin", 0.02))
+    factor = float(table.get("baseline_latency_factor", 1.5))
+    if not 0 <= margin <= 1:
+        raise ConfigError("health.baseline_error_margin: give a fraction, e.g. 0.02 for 2 points")
+    if factor < 1:
+        raise ConfigError("health.baseline_latency_factor: give a factor of at least 1, e.g. 1.5")
     timeout = float(table.get("timeout", 5))
     if not 0 < timeout <= 60:
         raise ConfigError("health.timeout: give seconds between 0 and 60")
@@ -412,7 +447,7 @@ def _health(base: Path, table: dict, state_dir: Path) -> HealthSettings:
     fields.update(table.get("fields", {}))
     thresholds = _thresholds(table.get("thresholds", []))
     return HealthSettings(
-        url=_http_url(table["url"], "health.url"),
+        url=_http_url(table["url"], "health.url") if "url" in table else "",
         timeout=timeout,
         headers=tuple(sorted(table.get("headers", {}).items())),
         bearer_token_file=_path(base, table.get("bearer_token_file")),
@@ -424,6 +459,11 @@ def _health(base: Path, table: dict, state_dir: Path) -> HealthSettings:
         thresholds=thresholds,
         log=_path(base, table.get("log")) or state_dir / "watchdog.log",
         prometheus_textfile=_path(base, table.get("prometheus_textfile")),
+        source=source,
+        access_log=_path(base, table.get("access_log")),
+        min_requests=min_requests,
+        baseline_error_margin=margin,
+        baseline_latency_factor=factor,
     )
 
 

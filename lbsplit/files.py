@@ -67,6 +67,8 @@ def link_or_copy(source: Path, target: Path) -> bool:
     """Make `target` a hard link to `source` (replacing it); False when that is not possible."""
     tmp = target.with_name(TEMP_PREFIX + target.name)
     try:
+        if target.exists() and os.path.samefile(source, target):
+            return True  # rename() over another link to the same file would do nothing and leave tmp behind
         try:
             os.unlink(tmp)
         except FileNotFoundError:
@@ -76,7 +78,27 @@ def link_or_copy(source: Path, target: Path) -> bool:
         _fsync_dir(target.parent)
         return True
     except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
         return False
+
+
+def remove_stale_temps(directory: Path) -> int:
+    """Delete temp files a killed lbsplit left behind (call only under the lock); returns how many."""
+    count = 0
+    try:
+        stale = list(Path(directory).glob(TEMP_PREFIX + "*"))
+    except OSError:
+        return 0
+    for path in stale:
+        try:
+            os.unlink(path)
+            count += 1
+        except OSError:
+            pass
+    return count
 
 
 def remove(path: Path) -> None:

@@ -10,7 +10,7 @@ from .apply import Transaction, plan
 from .config import Settings
 from .errors import LbsplitError
 from .model import Stage
-from .watchdog import evaluate, load_state
+from .watchdog import evaluate, evaluate_log, load_state
 
 
 class GateRefused(LbsplitError):
@@ -37,15 +37,48 @@ def health_items(settings: Settings, target: Stage, probe=health_mod.probe) -> l
     if health is None:
         return [Item("health", True, "no [health] section in the config: nothing to check", blocking=False)]
     thresholds = health.thresholds_for(target.hundredths)
-    headers = health_mod.auth_headers(health.headers, health.bearer_token_file, health.bearer_token_env)
-    check = evaluate(probe(health.url, health.timeout, headers), thresholds, dict(health.fields), health.no_data)
+    checks = []
+    if health.uses_endpoint:
+        headers = health_mod.auth_headers(health.headers, health.bearer_token_file, health.bearer_token_env)
+        checks.append(evaluate(probe(health.url, health.timeout, headers), thresholds, dict(health.fields), health.no_data))
+    if health.uses_log:
+        checks.append(log_check(settings, thresholds, clock=time.time))
     items = []
+    for check in checks:
+        items += _items(check, thresholds, target, health)
+    return items
+
+
+def log_check(settings: Settings, thresholds, clock=time.time):
+    """The access log's last window, judged like the watchdog judges it."""
+    from .logsource import VariantStats, read_window, variant_of_addr
+
+    health = settings.health
+    now = clock()
+    addrs = variant_of_addr(settings.v1, settings.v2)
+    try:
+        stats = read_window(health.access_log, thresholds.window, now, addrs).stats(now - thresholds.window, now)
+    except OSError as e:
+        return evaluate_log(VariantStats(), VariantStats(), thresholds, health,
+                            f"log: cannot read {health.access_log}: {e.strerror}")
+    return evaluate_log(stats["v1"], stats["v2"], thresholds, health)
+
+
+def _items(check, thresholds, target: Stage, health) -> list[Item]:
+    items = []
+    for breach in check.breaches:
+        if breach.startswith("log: "):
+            items.append(Item("access log", False, f"{breach[5:]} (at {target.describe()})"))
+    for note in check.notes:
+        items.append(Item("access log", True, note, blocking=False))
     for problem in check.no_data:
         items.append(Item("health data", health.no_data != "fail", f"{problem} (no_data = \"{health.no_data}\")",
                           blocking=health.no_data == "fail"))
     from .config import METRICS
 
     for metric in METRICS:
+        if metric not in check.metrics:
+            continue
         value = check.metrics.get(metric)
         if value is None:
             continue

@@ -19,7 +19,7 @@ SAMPLE_KEYS = 200  # whitelist lines that go through crossplane as well as the l
 _MAP_OPEN = re.compile(r"^map \$[A-Za-z_][A-Za-z0-9_]* \$lbsplit_upstream \{$", re.MULTILINE)
 # Lines of one quoted key each (only \\ and \" escapes inside, as render.map_key writes them).
 _KEY_BLOCK = re.compile(r'(?:    "\\\\(?:[^"\\\x00-\x1f]++|\\["\\])*+" lbsplit_v2;\n)*+')
-TOP_LEVEL = {"map_hash_bucket_size", "map_hash_max_size", "upstream", "map", "split_clients", "server"}
+TOP_LEVEL = {"log_format", "map_hash_bucket_size", "map_hash_max_size", "upstream", "map", "split_clients", "server"}
 
 
 class StructureError(LbsplitError):

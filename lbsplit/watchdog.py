@@ -12,6 +12,7 @@ from pathlib import Path
 from . import files, health as health_mod
 from .apply import Transaction, now
 from .config import METRICS, HealthSettings, Settings, Thresholds
+from .logsource import Cursor, VariantStats, Window, read_appended, variant_of_addr
 from .errors import LbsplitError
 from .model import Stage
 from .state import StateStore
@@ -26,11 +27,12 @@ CRON_PERIOD = 60.0
 class Check:
     """One check of v2 against a stage's thresholds."""
 
-    outcome: str  # "pass", "fail" or "no_data" (only when the no_data policy is "ignore")
+    outcome: str  # "pass", "fail", "no_data" (policy "ignore"), or "inconclusive" (v1 fails as badly)
     breaches: tuple[str, ...]  # "error_rate 0.07 > 0.04"
     no_data: tuple[str, ...]  # "endpoint: HTTP 500", "avg_response_time missing"
     metrics: dict[str, float | None]
     policy: str
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,11 +80,66 @@ def evaluate(sample: health_mod.Sample, thresholds: Thresholds, fields: dict[str
     return Check(outcome, breaches, missing, metrics, no_data)
 
 
+def evaluate_log(v1: VariantStats, v2: VariantStats, t: Thresholds, health: HealthSettings,
+                 problem: str | None = None) -> Check:
+    """Judge v2 by what nginx saw: absolute thresholds, then against v1 in the same window."""
+    metrics = {
+        "log_v2_requests": float(v2.requests), "log_v2_error_rate": v2.error_rate,
+        "log_v2_timeout_rate": v2.timeout_rate, "log_v2_avg_response_time": v2.avg_response_time,
+        "log_v2_p95_response_time": v2.p95_response_time, "log_v1_requests": float(v1.requests),
+        "log_v1_error_rate": v1.error_rate, "log_v1_p95_response_time": v1.p95_response_time,
+    }
+    policy = health.no_data
+    if problem or v2.requests < health.min_requests:
+        why = problem or (f"log: not enough data: {v2.requests} v2 requests in the last {t.window:g}s "
+                          f"(minimum {health.min_requests})")
+        return Check("fail" if policy == "fail" else "no_data", (), (why,), metrics, policy)
+    breaches, shared = [], []
+    baseline = v1.requests >= health.min_requests
+    for metric in ("error_rate", "timeout_rate", "avg_response_time"):
+        value, limit = getattr(v2, metric), getattr(t, metric)
+        if value > limit:
+            theirs = getattr(v1, metric)
+            if baseline and theirs is not None and theirs > limit:
+                shared.append(f"log: v1 fails as badly ({metric} v1 {theirs:g}, v2 {value:g}); not blaming v2")
+            else:
+                breaches.append(f"log: v2 {metric} {value:g} > {limit:g}")
+    if baseline:
+        margin = health.baseline_error_margin
+        if v2.error_rate > v1.error_rate + margin:
+            breaches.append(f"log: v2 error_rate {v2.error_rate:g} > v1 {v1.error_rate:g} + {margin:g}")
+        factor = health.baseline_latency_factor
+        p2, p1 = v2.p95_response_time, v1.p95_response_time
+        # differences under 50 ms are histogram noise at these sizes, not a regression
+        if p2 > p1 * factor and p2 - p1 > 0.05:
+            breaches.append(f"log: v2 p95 {p2:.3g}s > v1 p95 {p1:.3g}s x {factor:g}")
+    outcome = "fail" if breaches else ("inconclusive" if shared else "pass")
+    return Check(outcome, tuple(breaches), (), metrics, policy, tuple(shared))
+
+
+def combine(checks: list[Check]) -> Check:
+    """Either source failing counts; otherwise any that could not judge makes the check not a pass."""
+    outcomes = [c.outcome for c in checks]
+    if "fail" in outcomes:
+        outcome = "fail"
+    elif "inconclusive" in outcomes:
+        outcome = "inconclusive"
+    elif "no_data" in outcomes:
+        outcome = "no_data"
+    else:
+        outcome = "pass"
+    metrics: dict = {}
+    for c in checks:
+        metrics.update(c.metrics)
+    return Check(outcome, sum((c.breaches for c in checks), ()), sum((c.no_data for c in checks), ()), metrics,
+                 checks[0].policy, sum((c.notes for c in checks), ()))
+
+
 def decide(consecutive: int, check: Check, failures_before_revert: int) -> Verdict:
     """A pass resets the count, a failure adds one, ignored no-data leaves it; N in a row revert."""
     if check.outcome == "pass":
         return Verdict(0, False)
-    if check.outcome == "no_data":
+    if check.outcome in ("no_data", "inconclusive"):
         return Verdict(consecutive, False)
     count = consecutive + 1
     return Verdict(count, count >= failures_before_revert)
@@ -111,6 +168,8 @@ class WatchdogState:
     reverts_total: int = 0
     last_outcome: str = ""
     last_metrics: dict = field(default_factory=dict)
+    log_cursor: dict | None = None  # {"inode": ..., "offset": ...}
+    log_window: dict = field(default_factory=dict)
 
 
 def load_state(path: Path) -> WatchdogState:
@@ -200,9 +259,17 @@ class Watchdog:
         if state is None or not state.v2_enabled:
             return RunResult("nothing")
         thresholds = self.health.thresholds_for(state.hundredths)
-        headers = health_mod.auth_headers(self.health.headers, self.health.bearer_token_file, self.health.bearer_token_env)
-        sample = self.probe(self.health.url, self.health.timeout, headers)
-        check = evaluate(sample, thresholds, dict(self.health.fields), self.health.no_data)
+        checks = []
+        if self.health.uses_endpoint:
+            headers = health_mod.auth_headers(self.health.headers, self.health.bearer_token_file,
+                                              self.health.bearer_token_env)
+            sample = self.probe(self.health.url, self.health.timeout, headers)
+            checks.append(evaluate(sample, thresholds, dict(self.health.fields), self.health.no_data))
+        log_update = None
+        if self.health.uses_log:
+            log_check, log_update = self._check_log(thresholds)
+            checks.append(log_check)
+        check = combine(checks) if len(checks) > 1 else checks[0]
 
         lock = files.Lock(self.store.lock_path, 0, "watchdog")
         if not lock.try_acquire():
@@ -213,12 +280,40 @@ class Watchdog:
             if current is None or current.generation != state.generation:
                 self._log(f"gen={state.generation} check discarded: the stage changed while probing")
                 return RunResult("changed", thresholds.check_every)
-            return self._act(state, thresholds, check, lock)
+            return self._act(state, thresholds, check, lock, log_update)
         finally:
             lock.release()
 
-    def _act(self, state, thresholds: Thresholds, check: Check, lock) -> RunResult:
+    def _check_log(self, thresholds: Thresholds) -> tuple[Check, tuple]:
+        """Read what nginx appended since the last run into the window; judge the window."""
         wd = load_state(self.state_path)
+        cursor = Cursor(**wd.log_cursor) if wd.log_cursor else None
+        window = Window(wd.log_window)
+        now_ts = self.clock()
+        oldest = now_ts - thresholds.window
+        empty = {"v1": VariantStats(), "v2": VariantStats()}
+        addrs = variant_of_addr(self.settings.v1, self.settings.v2)
+        try:
+            cursor, notes = read_appended(self.health.access_log, cursor,
+                                          lambda text: window.add_text(text, addrs, oldest))
+        except FileNotFoundError:
+            return evaluate_log(empty["v1"], empty["v2"], thresholds, self.health,
+                                f"log: {self.health.access_log} is missing"), (wd.log_cursor, wd.log_window)
+        except OSError as e:
+            return evaluate_log(empty["v1"], empty["v2"], thresholds, self.health,
+                                f"log: cannot read {self.health.access_log}: {e.strerror}"), (wd.log_cursor, wd.log_window)
+        window.prune(oldest)
+        stats = window.stats(oldest, now_ts)
+        check = evaluate_log(stats["v1"], stats["v2"], thresholds, self.health)
+        if notes:
+            check = Check(check.outcome, check.breaches, check.no_data, check.metrics, check.policy,
+                          check.notes + tuple(notes))
+        return check, ({"inode": cursor.inode, "offset": cursor.offset}, window.to_json())
+
+    def _act(self, state, thresholds: Thresholds, check: Check, lock, log_update=None) -> RunResult:
+        wd = load_state(self.state_path)
+        if log_update is not None:
+            wd.log_cursor, wd.log_window = log_update
         verdict = decide(wd.consecutive_failures, check, self.health.failures_before_revert)
         wd.consecutive_failures = verdict.consecutive
         wd.last_check_at = self.clock()
@@ -226,7 +321,7 @@ class Watchdog:
         wd.last_metrics = check.metrics
         stage = Stage.at(state.hundredths)
         values = " ".join(f"{m}={'-' if v is None else f'{v:g}'}" for m, v in check.metrics.items())
-        detail = "; ".join(check.breaches + check.no_data)
+        detail = "; ".join(check.breaches + check.no_data + check.notes)
         self._log(
             f"gen={state.generation} stage={stage.describe()} check={check.outcome.upper()} "
             f"consecutive={verdict.consecutive}/{self.health.failures_before_revert} no_data={check.policy} "

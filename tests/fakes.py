@@ -105,3 +105,43 @@ class WebhookReceiver:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+class FlakyBackend:
+    """A v2 backend on loopback that answers "v2", except every `fail_every`-th request (500) and every
+    `slow_every`-th request (sleeps `slow_seconds`, past nginx's proxy_read_timeout)."""
+
+    def __init__(self, body=b"v2\n", fail_every=0, slow_every=0, slow_seconds=3.0):
+        self.fail_every, self.slow_every, self.slow_seconds = fail_every, slow_every, slow_seconds
+        self.count = 0
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                with outer.lock:
+                    outer.count += 1
+                    n = outer.count
+                if outer.slow_every and n % outer.slow_every == 0:
+                    time.sleep(outer.slow_seconds)
+                code = 500 if outer.fail_every and n % outer.fail_every == 0 else 200
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # nginx gave up on us (proxy_read_timeout)
+
+        self.server = _Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

@@ -49,3 +49,14 @@ def test_lock_is_taken_once_the_holder_lets_go(tmp_path):
     threading.Timer(0.2, first.release).start()
     with Lock(path, 5, "second"):
         assert "second" in path.read_text()
+
+
+def test_link_or_copy_onto_an_existing_link_leaves_no_temp_file(tmp_path):
+    from lbsplit.files import link_or_copy
+
+    source = tmp_path / "live.conf"
+    source.write_text("gen 3")
+    target = tmp_path / "3.conf"
+    assert link_or_copy(source, target) and link_or_copy(source, target)
+    assert target.read_text() == "gen 3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["3.conf", "live.conf"]

@@ -20,10 +20,10 @@ def sample(payload=None, error=None):
 
 def test_default_thresholds_are_the_plans_table():
     assert [(t.up_to_hundredths, t.error_rate, t.timeout_rate, t.dead_letter_growth, t.avg_response_time,
-             t.check_every, t.alert_cooldown) for t in DEFAULT_THRESHOLDS] == [
-        (1000, 0.05, 0.02, 10, 30, 60, 300),
-        (3000, 0.04, 0.015, 8, 25, 30, 120),
-        (10000, 0.03, 0.01, 5, 20, 15, 60),
+             t.check_every, t.alert_cooldown, t.window) for t in DEFAULT_THRESHOLDS] == [
+        (1000, 0.05, 0.02, 10, 30, 60, 300, 300),
+        (3000, 0.04, 0.015, 8, 25, 30, 120, 60),
+        (10000, 0.03, 0.01, 5, 20, 15, 60, 30),
     ]
 
 

@@ -1,0 +1,251 @@
+"""nginx's access log as a metric source: streaming reads, bounded per-second windows, per-variant stats.
+
+The log format is `lbsplit`, defined in lbsplit.conf: tab-separated
+msec, $lbsplit_upstream, status, upstream_status, request_time,
+upstream_response_time, upstream_connect_time, upstream_addr.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CHUNK = 1 << 20
+FIRST_READ_LIMIT = 64 << 20  # a first run starts this far from the end, not at the top of a huge log
+# Request-time histogram: bin i holds times up to EDGES[i] (1 ms, growing by 10%); p95 is read off it.
+EDGES = [0.001 * 1.1 ** i for i in range(150)]  # up to ~1,600 s
+VARIANT_OF_UPSTREAM = {"lbsplit_v1": "v1", "lbsplit_v2": "v2"}
+
+
+def variant_of_addr(v1, v2) -> dict[str, str]:
+    """upstream_addr -> variant, from the configured servers (weight mode logs the pool's name)."""
+    out = {server.address: "v1" for server in v1}
+    out.update({server.address: "v2" for server in v2 or ()})
+    return out
+
+
+def parse_duration(text: str) -> float:
+    """'5m', '30s', '1h' or plain seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    raw = text.strip().lower()
+    number, unit = (raw[:-1], raw[-1]) if raw and raw[-1] in units else (raw, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration; write e.g. 30s, 5m or 1h") from None
+    if not 0 < value <= 86400:
+        raise ValueError(f"{text!r} is out of range; give up to 24h")
+    return value
+
+
+@dataclass
+class Cursor:
+    """Where the watchdog stopped reading: the file's inode and the offset after the last whole line."""
+
+    inode: int
+    offset: int
+
+
+@dataclass
+class VariantStats:
+    requests: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    time_sum: float = 0.0
+    hist: dict[int, int] = field(default_factory=dict)
+
+    def merge(self, row: list) -> None:
+        self.requests += row[0]
+        self.errors += row[1]
+        self.timeouts += row[2]
+        self.time_sum += row[3]
+        for b, n in row[4].items():
+            self.hist[int(b)] = self.hist.get(int(b), 0) + n
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+    @property
+    def timeout_rate(self) -> float | None:
+        return self.timeouts / self.requests if self.requests else None
+
+    @property
+    def avg_response_time(self) -> float | None:
+        return self.time_sum / self.requests if self.requests else None
+
+    @property
+    def p95_response_time(self) -> float | None:
+        if not self.requests:
+            return None
+        wanted = 0.95 * self.requests
+        seen = 0
+        for b in sorted(self.hist):
+            seen += self.hist[b]
+            if seen >= wanted:
+                return EDGES[min(b, len(EDGES) - 1)]
+        return EDGES[-1]
+
+    def as_dict(self) -> dict:
+        return {"requests": self.requests, "error_rate": self.error_rate, "timeout_rate": self.timeout_rate,
+                "avg_response_time": self.avg_response_time, "p95_response_time": self.p95_response_time}
+
+
+class Window:
+    """Per-second rows per variant: [requests, 5xx, timeouts, sum of request_time, {bin: count}].
+
+    Memory is bounded by the window's length in seconds, whatever the log's size.
+    """
+
+    def __init__(self, rows: dict | None = None):
+        self.rows: dict[str, dict[int, list]] = {
+            v: {int(s): r for s, r in secs.items()} for v, secs in (rows or {}).items()
+        }
+
+    def to_json(self) -> dict:
+        return {v: {str(s): r for s, r in secs.items()} for v, secs in self.rows.items()}
+
+    def prune(self, oldest: float) -> None:
+        for secs in self.rows.values():
+            for s in [s for s in secs if s < int(oldest)]:
+                del secs[s]
+
+    def stats(self, oldest: float, newest: float) -> dict[str, VariantStats]:
+        out = {"v1": VariantStats(), "v2": VariantStats()}
+        for variant, secs in self.rows.items():
+            target = out.setdefault(variant, VariantStats())
+            for s, row in secs.items():
+                if int(oldest) <= s <= newest:
+                    target.merge(row)
+        return out
+
+    def add_text(self, text: str, variant_of_addr: dict[str, str], oldest: float) -> tuple[int, int]:
+        """Fold whole log lines into the window; returns (lines used, lines not understood)."""
+        used = bad = 0
+        rows = self.rows
+        edges = EDGES
+        for line in text.split("\n"):
+            if not line:
+                continue
+            f = line.split("\t")
+            try:
+                ts = float(f[0])
+                status = int(f[2])
+                rt = float(f[4])
+            except (ValueError, IndexError):
+                bad += 1
+                continue
+            if ts < oldest:
+                continue
+            variant = VARIANT_OF_UPSTREAM.get(f[1])
+            if variant is None:  # weight mode: the pool; the answering server tells the variant
+                addr = f[7].rsplit(", ", 1)[-1].rsplit(" : ", 1)[-1] if len(f) > 7 else ""
+                variant = variant_of_addr.get(addr)
+                if variant is None:
+                    bad += 1
+                    continue
+            secs = rows.get(variant)
+            if secs is None:
+                secs = rows[variant] = {}
+            second = int(ts)
+            row = secs.get(second)
+            if row is None:
+                row = secs[second] = [0, 0, 0, 0.0, {}]
+            row[0] += 1
+            if status >= 500:
+                row[1] += 1
+                if status == 504 or "504" in f[3]:
+                    row[2] += 1
+            elif "504" in f[3]:
+                row[2] += 1
+            row[3] += rt
+            b = bisect.bisect_left(edges, rt)
+            hist = row[4]
+            hist[b] = hist.get(b, 0) + 1
+            used += 1
+        return used, bad
+
+
+def _read_lines_from(f, start: int, on_text) -> int:
+    """Feed whole lines from `start` to the end to on_text, a chunk at a time; return the offset after the
+    last newline (a half-written last line waits for the next run)."""
+    f.seek(start)
+    consumed = start
+    leftover = b""
+    while True:
+        block = f.read(CHUNK)
+        if not block:
+            return consumed
+        data = leftover + block
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            leftover = data
+            continue
+        on_text(data[: cut + 1].decode("utf-8", errors="replace"))
+        consumed += cut + 1
+        leftover = data[cut + 1:]
+
+
+def read_appended(path: Path, cursor: Cursor | None, on_text) -> tuple[Cursor, list[str]]:
+    """Stream what was appended since `cursor` to on_text (chunks of whole lines); the new cursor, and notes.
+
+    Memory stays at one chunk whatever the log's size. Survives logrotate: after
+    rename-and-reopen the rest of the old file is read from `<path>.1` when it is still
+    there; after copytruncate the file is read from the top. FileNotFoundError when the
+    log is missing.
+    """
+    notes: list[str] = []
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if cursor is None:
+            start = max(0, st.st_size - FIRST_READ_LIMIT)
+            if start:
+                f.seek(start)
+                f.readline()  # skip to the next whole line
+                start = f.tell()
+        elif cursor.inode != st.st_ino:
+            rotated = Path(f"{path}.1")
+            try:
+                with open(rotated, "rb") as old:
+                    if os.fstat(old.fileno()).st_ino == cursor.inode:
+                        _read_lines_from(old, cursor.offset, on_text)
+                        notes.append(f"log rotated: read the rest of {rotated.name}")
+                    else:
+                        notes.append("log rotated; the rest of the old file was not found")
+            except OSError:
+                notes.append("log rotated; the rest of the old file was not found")
+            start = 0
+        elif st.st_size < cursor.offset:
+            notes.append("log truncated (copytruncate): reading from the top")
+            start = 0
+        else:
+            start = cursor.offset
+        offset = _read_lines_from(f, start, on_text)
+        return Cursor(inode=st.st_ino, offset=offset), notes
+
+
+def read_window(path: Path, seconds: float, now: float, variant_of_addr: dict[str, str]) -> Window:
+    """The last `seconds` of the log, read backwards from its end (for `lbsplit report`)."""
+    window = Window()
+    oldest = now - seconds
+    with open(path, "rb") as f:
+        end = os.fstat(f.fileno()).st_size
+        tail = b""
+        while end > 0:
+            start = max(0, end - CHUNK)
+            f.seek(start)
+            data = f.read(end - start) + tail
+            end = start
+            cut = data.find(b"\n") if start > 0 else -1
+            tail, body = (data[: cut + 1], data[cut + 1:]) if cut >= 0 else (b"", data)
+            text = body.decode("utf-8", errors="replace")
+            window.add_text(text, variant_of_addr, oldest)
+            first = text.split("\t", 1)[0]
+            try:
+                if float(first) < oldest:
+                    break
+            except ValueError:
+                pass
+    return window
