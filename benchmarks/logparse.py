@@ -5,7 +5,6 @@
 
 import json
 import os
-import resource
 import sys
 import time
 
@@ -34,8 +33,9 @@ def main() -> None:
                 line.split("\t")
                 lines += 1
     seconds = time.perf_counter() - started
-    print(json.dumps({"lines": lines, "seconds": seconds,
-                      "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    # VmHWM belongs to this process image; ru_maxrss would carry over the forking parent's peak.
+    hwm_kib = int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")))
+    print(json.dumps({"lines": lines, "seconds": seconds, "maxrss_mib": hwm_kib / 1024}))
 
 
 if __name__ == "__main__":

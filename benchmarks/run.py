@@ -171,6 +171,9 @@ def proxy_cost(root: Path, seconds: int, rounds: int) -> None:
     plain_proxy = (REPO / "nginx" / "lbsplit-proxy.conf").read_text().replace("$lbsplit_upstream", "plain_v1")
     plain_proxy = "\n".join(l for l in plain_proxy.splitlines() if l and not l.startswith("#"))
     conf = conf.replace("include @NGINX_DIR@/lbsplit-proxy.conf;", plain_proxy)
+    # Both sides write the same access log line per request; the plain side has no $lbsplit_upstream.
+    log_format = re.search(r"^log_format lbsplit .*$", (REPO / "templates" / "lbsplit.conf.j2").read_text(), re.M).group(0)
+    conf = conf.replace("    upstream plain_v1", "    " + log_format.replace("$lbsplit_upstream", "$proxy_host") + "\n    upstream plain_v1")
     plain = NginxProcess(plain_prefix, fill(conf, {"USER_LINE": "user root;" if os.geteuid() == 0 else "",
                                                    "PREFIX": plain_prefix, "PORT": plain_port,
                                                    "V1_PORT": sb.v1_port}), sb.binary)
@@ -180,12 +183,16 @@ def proxy_cost(root: Path, seconds: int, rounds: int) -> None:
         sb.write_config(whitelist=["test_user_001", "test_user_002", "internal_staff_001"])
         lbsplit(sb, "apply", "30")
         ours, base = [], []
-        for _ in range(rounds):
-            base.append(_wrk(f"http://127.0.0.1:{plain_port}/", "ids.lua", seconds)["rps"])
-            ours.append(_wrk(f"http://127.0.0.1:{sb.port}/", "ids.lua", seconds)["rps"])
+        for i in range(rounds):
+            # alternate which side goes first, so a drift in the machine's load hits both alike
+            pair = [("plain", plain_port), ("lbsplit", sb.port)]
+            for name, port in pair if i % 2 == 0 else reversed(pair):
+                rps = _wrk(f"http://127.0.0.1:{port}/", "ids.lua", seconds)["rps"]
+                (base if name == "plain" else ours).append(rps)
+        ratios = sorted(o / b for o, b in zip(ours, base))
         RESULTS["proxy_cost"] = {"plain_rps": statistics.median(base), "lbsplit_rps": statistics.median(ours),
-                                 "ratio": statistics.median(ours) / statistics.median(base), "rounds": rounds,
-                                 "seconds": seconds, "all_plain": base, "all_lbsplit": ours}
+                                 "ratio": statistics.median(ratios), "ratio_min": ratios[0], "ratio_max": ratios[-1],
+                                 "rounds": rounds, "seconds": seconds, "all_plain": base, "all_lbsplit": ours}
         log(f"proxy cost: plain {statistics.median(base):.0f} rps, lbsplit {statistics.median(ours):.0f} rps")
     finally:
         plain.stop()
@@ -334,7 +341,8 @@ def machine() -> dict:
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor())
     nginx_version = subprocess.run([nginx_binary(), "-v"], capture_output=True, text=True).stderr.strip()
-    wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    first = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    wrk_version = "wrk " + (re.search(r"(\d+\.\d+(\.\d+)?)", first) or re.search("(.*)", "?")).group(1)
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
             "kernel": platform.release(), "python": platform.python_version(), "nginx": nginx_version, "wrk": wrk_version,
             "date": time.strftime("%Y-%m-%d")}
@@ -354,7 +362,7 @@ def main() -> int:
         "fidelity": lambda root: fidelity(root, 10_000 if q else 100_000),
         "time_to_live": lambda root: time_to_live(root, [0, 100_000] if q else [0, 100_000, 1_000_000],
                                                   {0: 3 if q else 7, 100_000: 3 if q else 7, 1_000_000: 3}),
-        "proxy_cost": lambda root: proxy_cost(root, 3 if q else 8, 2 if q else 5),
+        "proxy_cost": lambda root: proxy_cost(root, 3 if q else 4, 2 if q else 12),
         "reloads": lambda root: reloads_under_load(root, 10 if q else 50),
         "memory": lambda root: memory(root, [0, 100_000] if q else [0, 100_000, 1_000_000]),
         "log_parse": lambda root: log_parse(root / "logs", [200_000, 2_000_000] if not q else [100_000, 400_000],
@@ -368,6 +376,7 @@ def main() -> int:
                 continue
             log(f"== {name}")
             run(Path(tmp))
+            Path(args.json).write_text(json.dumps(RESULTS, indent=2) + "\n")  # keep what is done if a later part fails
     RESULTS["machine"] = machine()
     RESULTS["quick"] = q
     Path(args.json).write_text(json.dumps(RESULTS, indent=2) + "\n")
