@@ -244,6 +244,14 @@ def _status(settings: Settings) -> dict:
     store = StateStore(settings.state_dir)
     state = store.read_state()
     journal = store.read_journal()
+    in_progress = False
+    if journal is not None and store.lock_path.exists():
+        probe = files.Lock(store.lock_path, 0, "status")
+        try:
+            in_progress = not probe.try_acquire()  # held: a command is working now, not interrupted
+        except LbsplitError:
+            in_progress = False  # cannot open the lock (another user's state_dir): report what the journal says
+        probe.release()
     nginx = Nginx(settings.nginx)
     running = nginx.master_pid() is not None
     serving = nginx.serving_generation() if running else None
@@ -258,7 +266,8 @@ def _status(settings: Settings) -> dict:
         "nginx_running": running,
         "serving_generation": serving,
         "serving": bool(state) and running and serving == state.generation,
-        "unfinished_transaction": journal.command if journal else None,
+        "unfinished_transaction": journal.command if journal and not in_progress else None,
+        "in_progress": journal.command if journal and in_progress else None,
     }
 
 
@@ -290,6 +299,8 @@ def status(obj: Context, as_json: bool) -> None:
             click.echo(f"serving:     NO, nginx answers generation {s['serving_generation']}")
         if s["unfinished_transaction"]:
             click.echo(f"unfinished:  `{s['unfinished_transaction']}` was interrupted; run `lbsplit repair`")
+        if s["in_progress"]:
+            click.echo(f"running:     `{s['in_progress']}` is in progress")
 
     run(go)
 

@@ -38,3 +38,23 @@ def sandbox(tmp_path, nginx_bin):
     sb.front.start(wait_port=sb.port)
     yield sb
     sb.stop()
+
+
+@pytest.fixture
+def endpoint():
+    """A fake v2 health endpoint on loopback (see fakes.HealthEndpoint)."""
+    from fakes import HealthEndpoint
+
+    e = HealthEndpoint()
+    yield e
+    e.close()
+
+
+@pytest.fixture
+def webhook():
+    """A webhook receiver on loopback that keeps what it was sent."""
+    from fakes import WebhookReceiver
+
+    w = WebhookReceiver()
+    yield w
+    w.close()

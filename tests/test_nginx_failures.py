@@ -220,3 +220,26 @@ def test_200_crash_trials(sandbox):
         outcomes[kind] = outcomes.get(kind, 0) + 1
     print("repair outcomes over 200 trials:", outcomes)
     assert sum(outcomes.values()) == 200
+
+
+@pytest.mark.parametrize("delay", [0.25, 0.35, 0.45])
+def test_sigterm_during_apply_puts_the_previous_config_back(sandbox, delay):
+    applied(sandbox, "10")
+    old = live_bytes(sandbox)
+    argv = [sys.executable, "-m", "lbsplit", "--config", str(sandbox.config_path), "apply", "30"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    s = status(sandbox)
+    print("sigterm after", delay, "s: exit", proc.returncode)
+    if proc.returncode == 130:  # the undo scope ran
+        assert "interrupted by SIGTERM" in err
+        assert live_bytes(sandbox) == old and s["unfinished_transaction"] is None
+        assert s["serving"] and s["percent"] == 10
+    elif proc.returncode == 0:  # the signal came after the transaction had finished
+        assert s["percent"] == 30 and s["serving"]
+    else:  # before the handlers were installed: the default action, as with kill -9
+        assert proc.returncode == -signal.SIGTERM
+        assert run_cli(sandbox.config_path, "repair").returncode == 0
+        assert status(sandbox)["serving"]

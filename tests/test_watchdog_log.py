@@ -6,15 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import run_cli
-from fakes import FlakyBackend, HealthEndpoint
+from fakes import FlakyBackend
 from lbsplit.watchdog import EXIT_REVERTED
-
-
-@pytest.fixture
-def endpoint():
-    e = HealthEndpoint()
-    yield e
-    e.close()
 
 
 def configure(sb, v2_port, endpoint=None, source="nginx_log", extra=""):

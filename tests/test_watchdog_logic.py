@@ -2,7 +2,7 @@
 
 import pytest
 
-from fakes import HEALTHY, HealthEndpoint
+from fakes import HEALTHY
 from lbsplit.config import DEFAULT_THRESHOLDS, METRICS
 from lbsplit.health import Sample, probe, redact
 from lbsplit.model import Stage
@@ -95,13 +95,6 @@ def test_prometheus_text_has_every_series():
                  'lbsplit_v2_health{metric="error_rate"} 0.07', 'lbsplit_v2_threshold{metric="error_rate"} 0.04'):
         assert line in text.splitlines()
     assert "timeout_rate\"} None" not in text
-
-
-@pytest.fixture
-def endpoint():
-    e = HealthEndpoint()
-    yield e
-    e.close()
 
 
 @pytest.mark.parametrize("mode, error", [

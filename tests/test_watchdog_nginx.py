@@ -5,27 +5,13 @@ import json
 import pytest
 
 from conftest import run_cli
-from fakes import HealthEndpoint, WebhookReceiver
+from fakes import WebhookReceiver
 from lbsplit.config import load
 from lbsplit.files import Lock
 from lbsplit.watchdog import EXIT_REVERTED, Watchdog, load_state
 
 USERS = [f"user-{i}" for i in range(300)]
 WHITELIST = ["test_user_001", "test_user_002", "internal_staff_001"]
-
-
-@pytest.fixture
-def endpoint():
-    e = HealthEndpoint()
-    yield e
-    e.close()
-
-
-@pytest.fixture
-def webhook():
-    w = WebhookReceiver()
-    yield w
-    w.close()
 
 
 def configure(sb, endpoint, webhook=None, health_extra="", top='stages = [10, 30, 100]'):
@@ -263,3 +249,34 @@ def test_bearer_token_is_sent_and_never_printed(sandbox, endpoint, webhook):
     seen = result.stdout + result.stderr + run_cli(sandbox.config_path, "history", "--json").stdout
     seen += (sandbox.state_dir / "watchdog.log").read_text() + json.dumps(webhook.received)
     assert token not in seen
+
+
+def test_loop_mode_keeps_checking_at_the_stage_interval(sandbox, endpoint):
+    configure(sandbox, endpoint)
+    ok(run_cli(sandbox.config_path, "apply", "10"))
+    ok(run_cli(sandbox.config_path, "apply", "30"))
+    settings = load(sandbox.config_path, for_revert=True)
+    endpoint.requests = 0
+    clock = FakeClock()
+    code = Watchdog(settings, settings.health, clock=clock.now, sleep=clock.sleep).run("loop", max_loops=5)
+    assert code == 0 and endpoint.requests == 5
+    assert clock.slept == pytest.approx([30, 30, 30, 30], abs=0.5)  # 30 s at the 30% stage
+
+
+def test_when_nginx_itself_refuses_the_revert_the_watchdog_says_so_loudly(sandbox, endpoint, webhook):
+    configure(sandbox, endpoint, webhook, health_extra="failures_before_revert = 1\n")
+    ok(run_cli(sandbox.config_path, "apply", "10"))
+    conf = sandbox.front.conf
+    original = conf.read_text()
+    conf.write_text(original.replace("worker_connections 1024;", "worker_connections 1024; broken_here;"))
+    endpoint.mode = "status:500"
+    try:
+        result = run_cli(sandbox.config_path, "watchdog", "--once")
+    finally:
+        conf.write_text(original)
+    assert result.returncode == 11
+    assert "REVERT FAILED" in result.stderr and "broken_here" in result.stderr
+    assert [e["event"] for e in webhook.received] == ["revert_failed"]
+    # once the main config is fixed, the next run reverts
+    assert run_cli(sandbox.config_path, "watchdog", "--once").returncode == EXIT_REVERTED
+    assert v2_share(sandbox) == 0
