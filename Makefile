@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench install nginx clean
+.PHONY: demo test test-slow bench install nginx wrk clean
 
 demo: install
 	$(PY) -m lbsplit.demo
@@ -15,7 +15,7 @@ test: install
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
-bench: install
+bench: install wrk
 	$(PY) -m benchmarks.run
 
 install: nginx $(STAMP)
@@ -29,11 +29,16 @@ $(STAMP): pyproject.toml
 # nginx from Debian's packages when it is missing (the tests and the demo run their own
 # private nginx on loopback; the system service is not used).
 nginx:
-	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
-	  echo "installing nginx-light and wrk from Debian's packages"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || $(MAKE) --no-print-directory apt PACKAGES=nginx-light
+
+wrk:
+	@command -v wrk >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PACKAGES=wrk
+
+apt:
+	@echo "installing $(PACKAGES) from Debian's packages"
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx-light wrk >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(PACKAGES) >/dev/null
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
