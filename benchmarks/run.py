@@ -177,8 +177,8 @@ def proxy_cost(root: Path, seconds: int, rounds: int) -> None:
     plain = NginxProcess(plain_prefix, fill(conf, {"USER_LINE": "user root;" if os.geteuid() == 0 else "",
                                                    "PREFIX": plain_prefix, "PORT": plain_port,
                                                    "V1_PORT": sb.v1_port}), sb.binary)
-    plain.start(wait_port=plain_port)
     try:
+        plain.start(wait_port=plain_port)
         (sb.root / "wl.txt").write_text("")
         sb.write_config(whitelist=["test_user_001", "test_user_002", "internal_staff_001"])
         lbsplit(sb, "apply", "30")
