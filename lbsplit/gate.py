@@ -113,7 +113,10 @@ def revert_item(txn: Transaction) -> Item:
 
 
 def checklist(txn: Transaction, target: Stage, probe=health_mod.probe, clock=time.time) -> list[Item]:
-    return health_items(txn.settings, target, probe) + [revert_item(txn), watchdog_item(txn.settings, target, clock)]
+    items = health_items(txn.settings, target, probe) + [revert_item(txn)]
+    if txn.settings.health is not None:  # without [health] the health item already says there is nothing to watch
+        items.append(watchdog_item(txn.settings, target, clock))
+    return items
 
 
 def precheck_for(target: Stage, force: bool, probe=health_mod.probe, clock=time.time):
