@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import dataclasses
 import functools
 import datetime as dt
@@ -369,3 +370,21 @@ def install_only(settings: Settings) -> Outcome:
         txn._record(generation, Stage.off(), data, reloaded=False, command="init", note="installed, not reloaded")
         return Outcome(generation, Stage.off(), changed=True, reloaded=False,
                        messages=[f"wrote {txn.live} (generation {generation}, everyone on v1); nothing was reloaded"])
+
+
+@dataclass(frozen=True)
+class DryRun:
+    diff: str
+    warnings: tuple[str, ...]
+
+
+def dry_run_diff(settings: Settings, stage: Stage) -> DryRun:
+    """A unified diff of the live file against what apply would write. Touches nothing."""
+    prepared = plan(settings, stage)
+    live = settings.nginx.live_file
+    new = prepared.checked_text(StateStore(settings.state_dir).last_generation() + 1)
+    old = (files.read_bytes(live) or b"").decode("utf-8", errors="replace")
+    diff = "".join(
+        difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"{live} (live)", f"{live} (apply {stage.describe()})")
+    )
+    return DryRun(diff or "no difference\n", prepared.warnings)

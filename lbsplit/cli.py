@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import sys
-from pathlib import Path
 
 import click
 
 from . import __version__, files
-from .apply import Transaction, install_only, plan
+from .apply import Transaction, dry_run_diff, install_only, plan
 from .config import Settings, find_config, load
 from .errors import ConfigError, EnvironmentProblem, LbsplitError
 from .model import Stage, parse_percent
-from .nginx import Nginx
 from .state import StateStore
+from .status import live_status
 
 PERCENT_ARG = {"ignore_unknown_options": True}  # so that "-5" reaches our own validation
 
@@ -93,7 +91,10 @@ def apply(obj: Context, percent: str, dry_run: bool, reason: str, force: bool) -
         stage = Stage.at(parse_percent(percent))
         settings = obj.settings()
         if dry_run:
-            click.echo(_diff(settings, stage), nl=False)
+            dry = dry_run_diff(settings, stage)
+            for warning in dry.warnings:
+                click.echo(warning, err=True)
+            click.echo(dry.diff, nl=False)
             return
         _apply(settings, stage, reason, force)
 
@@ -227,50 +228,6 @@ def render(obj: Context, percent: str) -> None:
     run(go)
 
 
-def _diff(settings: Settings, stage: Stage) -> str:
-    prepared = plan(settings, stage)
-    for warning in prepared.warnings:
-        click.echo(warning, err=True)
-    live = settings.nginx.live_file
-    new = prepared.checked_text(StateStore(settings.state_dir).last_generation() + 1)
-    old = (files.read_bytes(live) or b"").decode("utf-8", errors="replace")
-    diff = "".join(
-        difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"{live} (live)", f"{live} (apply {stage.describe()})")
-    )
-    return diff or "no difference\n"
-
-
-def _status(settings: Settings) -> dict:
-    store = StateStore(settings.state_dir)
-    state = store.read_state()
-    journal = store.read_journal()
-    in_progress = False
-    if journal is not None and store.lock_path.exists():
-        probe = files.Lock(store.lock_path, 0, "status")
-        try:
-            in_progress = not probe.try_acquire()  # held: a command is working now, not interrupted
-        except LbsplitError:
-            in_progress = False  # cannot open the lock (another user's state_dir): report what the journal says
-        probe.release()
-    nginx = Nginx(settings.nginx)
-    running = nginx.master_pid() is not None
-    serving = nginx.serving_generation() if running else None
-    return {
-        "percent": (state.hundredths / 100 if state.v2_enabled else 0) if state else None,
-        "v2_enabled": state.v2_enabled if state else False,
-        "mode": state.mode if state else None,
-        "generation": state.generation if state else None,
-        "applied_at": state.applied_at if state else None,
-        "applied_by": state.applied_by if state else None,
-        "command": state.command if state else None,
-        "nginx_running": running,
-        "serving_generation": serving,
-        "serving": bool(state) and running and serving == state.generation,
-        "unfinished_transaction": journal.command if journal and not in_progress else None,
-        "in_progress": journal.command if journal and in_progress else None,
-    }
-
-
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
@@ -278,7 +235,7 @@ def status(obj: Context, as_json: bool) -> None:
     """Show the live stage and whether nginx really serves it. Example: lbsplit status --json"""
 
     def go():
-        s = _status(obj.settings(for_revert=True))
+        s = live_status(obj.settings(for_revert=True))
         if as_json:
             click.echo(json.dumps(s, indent=2))
             return

@@ -2,7 +2,7 @@
 config that real nginx accepts and that routes as intended. Never an injected directive, never a traceback."""
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from lbsplit import structure
 from lbsplit.config import NginxSettings
