@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import files
+from .model import Stage
 
 KEEP_GENERATIONS = 5  # a 1M-id whitelist makes each one ~57 MB
 
@@ -28,8 +29,6 @@ class State:
 
     @property
     def stage_text(self) -> str:
-        from .model import Stage
-
         return (Stage.at(self.hundredths) if self.v2_enabled else Stage.off()).describe()
 
 
