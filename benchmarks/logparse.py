@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from lbsplit.logsource import Cursor, Window, read_appended
+from lbsplit.watch.logsource import Cursor, Window, read_appended
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
-from lbsplit.sandbox import NginxProcess, Sandbox, fill, free_port, nginx_binary, pipelined_variants
+from lbsplit.demo.sandbox import NginxProcess, Sandbox, fill, free_port, nginx_binary, pipelined_variants
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
@@ -247,7 +247,7 @@ def _rss_kib(pid: int) -> int:
 
 
 def memory(root: Path, sizes: list[int]) -> None:
-    from lbsplit.nginx import Nginx
+    from lbsplit.nginx.process import Nginx
 
     sb = new_sandbox(root / "memory", whitelist_file=True)
     rows = []

@@ -1,4 +1,4 @@
-"""The command line: parse, call the library, turn LbsplitError into a message and an exit code."""
+"""The command line: parse, call the library once, print, turn LbsplitError into a message and an exit code."""
 
 from __future__ import annotations
 
@@ -7,15 +7,21 @@ import sys
 
 import click
 
-from . import __version__, files
-from .apply import Transaction, dry_run_diff, install_only, plan
+from . import __version__
 from .config import Settings, find_config, load
-from .errors import ConfigError, EnvironmentProblem, LbsplitError
+from .errors import ConfigError, ExitCode, GateRefused, LbsplitError, NotServing
 from .model import Stage, parse_percent
-from .state import StateStore
-from .status import live_status
+from .rollout import status as status_mod
+from .rollout import transaction
+from .rollout.state import DamagedFile, StateStore
+from .watch import gate, sources
+from .watch.logsource import parse_duration
+from .watch.watchdog import Watchdog
 
 PERCENT_ARG = {"ignore_unknown_options": True}  # so that "-5" reaches our own validation
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+reason_option = click.option("--reason", default="", help="Why, for the history.")
 
 
 class Context:
@@ -33,11 +39,18 @@ def run(fn):
     except LbsplitError as e:
         click.echo(f"lbsplit: {e}", err=True)
         sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C outside a transaction (which turns it into Interrupted itself)
+        click.echo("lbsplit: interrupted by SIGINT; nothing was changed", err=True)
+        sys.exit(ExitCode.INTERRUPTED)
 
 
 def echo_outcome(outcome) -> None:
     for message in outcome.messages:
         click.echo(message)
+
+
+def stage_arg(percent: str) -> Stage:
+    return Stage.at(parse_percent(percent))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -67,7 +80,7 @@ def init(obj: Context) -> None:
 
     def go():
         settings = obj.settings(for_revert=True)
-        echo_outcome(install_only(settings))
+        echo_outcome(transaction.init(settings))
         click.echo(f"Add at http level in nginx:  include {settings.nginx.live_file};")
         click.echo("and proxy with:              proxy_pass http://$lbsplit_upstream;")
 
@@ -77,50 +90,32 @@ def init(obj: Context) -> None:
 @main.command(context_settings=PERCENT_ARG)
 @click.argument("percent")
 @click.option("--dry-run", is_flag=True, help="Show a unified diff against the live file; change nothing.")
-@click.option("--reason", default="", help="Why, for the history.")
+@reason_option
 @click.option("--force", is_flag=True, help="Widen even when the promotion gate finds v2 unhealthy.")
 @click.pass_obj
 def apply(obj: Context, percent: str, dry_run: bool, reason: str, force: bool) -> None:
     """Send the whitelist plus PERCENT of users (0-100, two decimals) to v2.
 
-    Widening a live rollout first passes the promotion gate (see `lbsplit check`).
+    Widening (also from off) first passes the promotion gate (see `lbsplit check`).
     Returns once nginx serves the new config. Example: lbsplit apply 30 --reason "stage 2"
     """
 
     def go():
-        stage = Stage.at(parse_percent(percent))
+        stage = stage_arg(percent)
         settings = obj.settings()
         if dry_run:
-            dry = dry_run_diff(settings, stage)
+            dry = transaction.dry_run_diff(settings, stage)
             for warning in dry.warnings:
                 click.echo(warning, err=True)
             click.echo(dry.diff, nl=False)
             return
-        _apply(settings, stage, reason, force)
+        echo_outcome(gate.apply(settings, stage, reason, force))
 
     run(go)
 
 
-def _apply(settings: Settings, stage: Stage, reason: str, force: bool) -> None:
-    from .gate import precheck_for
-
-    txn = Transaction(settings, f"apply {stage.percent}", reason)
-    echo_outcome(txn.run(stage, precheck=precheck_for(stage, force)))
-
-
-def _next_stage(settings: Settings) -> Stage:
-    if not settings.stages:
-        raise ConfigError("stages: not set; add e.g. stages = [10, 30, 100] to the config")
-    state = StateStore(settings.state_dir).read_state()
-    current = state.hundredths if state and state.v2_enabled else -1
-    higher = [s for s in settings.stages if s > current]
-    if not higher:
-        raise ConfigError(f"stages: v2 is already at the last stage ({settings.stages[-1] / 100:g}%)")
-    return Stage.at(higher[0])
-
-
 @main.command()
-@click.option("--reason", default="", help="Why, for the history.")
+@reason_option
 @click.option("--force", is_flag=True, help="Promote even when the gate finds v2 unhealthy.")
 @click.pass_obj
 def promote(obj: Context, reason: str, force: bool) -> None:
@@ -128,12 +123,7 @@ def promote(obj: Context, reason: str, force: bool) -> None:
 
     Example: with stages = [10, 30, 100] and v2 at 10%, `lbsplit promote` applies 30.
     """
-
-    def go():
-        settings = obj.settings()
-        _apply(settings, _next_stage(settings), reason, force)
-
-    run(go)
+    run(lambda: echo_outcome(gate.promote(obj.settings(), reason, force)))
 
 
 @main.command(context_settings=PERCENT_ARG)
@@ -148,19 +138,11 @@ def check(obj: Context, percent: str | None) -> None:
     """
 
     def go():
-        from .gate import GateRefused, checklist
-
-        settings = obj.settings()
-        stage = Stage.at(parse_percent(percent)) if percent is not None else _next_stage(settings)
-        txn = Transaction(settings, "check")
-        txn.store.ensure()
-        with files.Lock(txn.store.lock_path, settings.lock_timeout, "check"):
-            txn.repair()
-            items = checklist(txn, stage)
+        stage, items = gate.check(obj.settings(), stage_arg(percent) if percent is not None else None)
         click.echo(f"promotion checklist for v2 at {stage.describe()}:")
         for item in items:
             click.echo(f"  {item.line()}")
-        if any(not i.ok and i.blocking for i in items):
+        if gate.refuses(items):
             raise GateRefused(f"v2 is not ready for {stage.describe()}")
 
     run(go)
@@ -174,25 +156,23 @@ def watchdog(obj: Context, mode: str | None) -> None:
     """Check v2's health at the stage's frequency and revert on a sustained breach.
 
     For cron, every minute: the run makes the checks that one minute holds (4 at 15 s)
-    and ends before the next. Exit 10 when it reverted, 11 when the revert failed.
+    and ends before the next. Exit 10 when it reverted, 11 when it cannot act (act now).
     Example crontab line: * * * * * lbsplit --config /etc/lbsplit.toml watchdog
     """
 
     def go():
-        from .watchdog import Watchdog
-
         settings = obj.settings(for_revert=True)
         health = settings.require_health()
         if health is None:
             raise ConfigError("health: no [health] section; add one (url = v2's health endpoint) to use the watchdog")
-        code = Watchdog(settings, health, echo=lambda m: click.echo(m, err=True)).run(mode or "cron")
-        sys.exit(code)
+        chatty = sys.stderr.isatty()
+        sys.exit(Watchdog(settings, health, echo=lambda m: click.echo(m, err=True), chatty=chatty).run(mode or "cron"))
 
     run(go)
 
 
 @main.command()
-@click.option("--reason", default="", help="Why, for the history.")
+@reason_option
 @click.pass_obj
 def revert(obj: Context, reason: str) -> None:
     """Turn v2 off: everyone, whitelist included, back on v1.
@@ -200,12 +180,7 @@ def revert(obj: Context, reason: str) -> None:
     Needs only nginx: no health endpoint, no network, not even a valid [split] section.
     Example: lbsplit revert --reason "error rate 7%"
     """
-
-    def go():
-        settings = obj.settings(for_revert=True)
-        echo_outcome(Transaction(settings, "revert", reason).run(Stage.off(), tolerate_repair_failure=True))
-
-    run(go)
+    run(lambda: echo_outcome(transaction.revert(obj.settings(for_revert=True), reason)))
 
 
 @main.command(context_settings=PERCENT_ARG)
@@ -218,52 +193,66 @@ def render(obj: Context, percent: str) -> None:
     """
 
     def go():
-        stage = Stage.off() if percent == "off" else Stage.at(parse_percent(percent))
-        settings = obj.settings(for_revert=not stage.v2_enabled)
-        prepared = plan(settings, stage)
-        for warning in prepared.warnings:
+        stage = Stage.off() if percent == "off" else stage_arg(percent)
+        text, warnings = transaction.render_text(obj.settings(for_revert=not stage.v2_enabled), stage)
+        for warning in warnings:
             click.echo(warning, err=True)
-        click.echo(prepared.checked_text(StateStore(settings.state_dir).last_generation() + 1), nl=False)
+        click.echo(text, nl=False)
 
     run(go)
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @click.pass_obj
 def status(obj: Context, as_json: bool) -> None:
-    """Show the live stage and whether nginx really serves it. Example: lbsplit status --json"""
+    """Show the live stage and whether nginx really serves it; exit 9 when it does not.
+
+    Example: lbsplit status --json
+    """
 
     def go():
-        s = live_status(obj.settings(for_revert=True))
+        s = status_mod.live_status(obj.settings(for_revert=True))
         if as_json:
             click.echo(json.dumps(s, indent=2))
-            return
-        if s["generation"] is None:
-            click.echo("nothing applied yet; run `lbsplit init`, then `lbsplit apply PERCENT`")
-            return
-        if s["v2_enabled"]:
-            click.echo(f"v2:          on, {s['percent']:g}% of users plus the whitelist ({s['mode']} mode)")
         else:
-            click.echo("v2:          off (everyone on v1)")
-        click.echo(f"generation:  {s['generation']}")
-        click.echo(f"applied:     {s['applied_at']} by {s['applied_by']} ({s['command']})")
-        if not s["nginx_running"]:
-            click.echo("serving:     no, nginx is not running")
-        elif s["serving"]:
-            click.echo(f"serving:     yes, nginx answers generation {s['serving_generation']}")
-        else:
-            click.echo(f"serving:     NO, nginx answers generation {s['serving_generation']}")
-        if s["unfinished_transaction"]:
-            click.echo(f"unfinished:  `{s['unfinished_transaction']}` was interrupted; run `lbsplit repair`")
-        if s["in_progress"]:
-            click.echo(f"running:     `{s['in_progress']}` is in progress")
+            for line in status_lines(s):
+                click.echo(line)
+        if s["damaged"]:
+            raise DamagedFile(s["damaged"][0])
+        if s["generation"] is not None and not s["serving"]:
+            raise NotServing("nginx does not serve what lbsplit's state says is live"
+                             + ("" if s["nginx_running"] else " (nginx is not running)"))
 
     run(go)
 
 
+def status_lines(s: dict) -> list[str]:
+    """The human form of `status`."""
+    lines = [f"damaged:     {d}" for d in s["damaged"]]
+    if s["generation"] is None:
+        return lines + ["nothing applied yet; run `lbsplit init`, then `lbsplit apply PERCENT`"]
+    if s["v2_enabled"]:
+        lines.append(f"v2:          on, {s['percent']:g}% of users plus the whitelist ({s['mode']} mode)")
+    else:
+        lines.append("v2:          off (everyone on v1)")
+    lines.append(f"generation:  {s['generation']}")
+    lines.append(f"applied:     {s['applied_at']} by {s['applied_by']} ({s['command']})")
+    if not s["nginx_running"]:
+        lines.append("serving:     no, nginx is not running")
+    elif s["serving"]:
+        lines.append(f"serving:     yes, nginx answers generation {s['serving_generation']}")
+    else:
+        lines.append(f"serving:     NO, nginx answers {json.dumps(s['serving_answer'])}")
+    if s["unfinished_transaction"]:
+        lines.append(f"unfinished:  `{s['unfinished_transaction']}` was interrupted; run `lbsplit repair`")
+    if s["in_progress"]:
+        lines.append(f"running:     `{s['in_progress']}` is in progress")
+    return lines
+
+
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@json_option
 @click.option("-n", "--limit", type=int, default=0, help="Only the last N entries.")
 @click.pass_obj
 def history(obj: Context, as_json: bool, limit: int) -> None:
@@ -271,15 +260,13 @@ def history(obj: Context, as_json: bool, limit: int) -> None:
 
     def go():
         entries = StateStore(obj.settings(for_revert=True).state_dir).read_history()
-        if limit > 0:
-            entries = entries[-limit:]
-        for e in entries:
+        for e in entries[-limit:] if limit > 0 else entries:
             if as_json:
                 click.echo(json.dumps(e, ensure_ascii=False))
             else:
-                reason = f"  reason: {e['reason']}" if e.get("reason") else ""
+                reason = f"  reason: {e.get('reason')}" if e.get("reason") else ""
                 click.echo(
-                    f"{e['time']}  {e['user']}  {e['command']}  {e['from']} -> {e['to']}  "
+                    f"{e.get('time')}  {e.get('user')}  {e.get('command')}  {e.get('from')} -> {e.get('to')}  "
                     f"gen {e.get('generation')}  {e.get('result', '')}{reason}"
                 )
 
@@ -299,27 +286,8 @@ def route(obj: Context, user_id: str, percent: str | None, fallback: str | None,
     """
 
     def go():
-        from .route import explain, whitelist_from_live
-        from .validate import fold_case
-        from .whitelist import load as load_whitelist
-
-        if percent is not None:
-            settings = obj.settings()
-            _, split = settings.require_rollout()
-            stage = Stage.at(parse_percent(percent))
-            keys = {fold_case(i) for i in load_whitelist(split).ids}
-            mode, fallback_name = split.mode, split.fallback_key
-        else:
-            settings = obj.settings(for_revert=True)
-            state = StateStore(settings.state_dir).read_state()
-            if state is None:
-                raise ConfigError("route: nothing is applied yet; pass --percent P to ask about a stage")
-            stage = Stage.at(state.hundredths) if state.v2_enabled else Stage.off()
-            live = (files.read_bytes(settings.nginx.live_file) or b"").decode("utf-8", errors="replace")
-            keys = whitelist_from_live(live)
-            mode = state.mode
-            fallback_name = settings.split.fallback_key if settings.split else "$remote_addr"
-        answer = explain(user_id, stage, mode, keys, fallback, fallback_name)
+        stage = stage_arg(percent) if percent is not None else None
+        answer = status_mod.route_user(obj.settings(for_revert=stage is None), user_id, stage, fallback)
         if as_json:
             click.echo(json.dumps(answer.as_dict(), ensure_ascii=False, indent=2))
         else:
@@ -328,9 +296,17 @@ def route(obj: Context, user_id: str, percent: str | None, fallback: str | None,
     run(go)
 
 
+def _pct(x):
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _sec(x):
+    return "-" if x is None else f"{x:.3f}s"
+
+
 @main.command()
 @click.option("--window", default="5m", show_default=True, help="How far back: 30s, 5m, 1h.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @click.pass_obj
 def report(obj: Context, window: str, as_json: bool) -> None:
     """v1 and v2 side by side, from nginx's access log: requests, error and timeout rates, latency.
@@ -339,42 +315,22 @@ def report(obj: Context, window: str, as_json: bool) -> None:
     """
 
     def go():
-        import time as _time
-
-        from .logsource import parse_duration, read_window, variant_of_addr
-
         try:
             seconds = parse_duration(window)
         except ValueError as e:
             raise ConfigError(f"--window: {e}") from None
-        settings = obj.settings(for_revert=True)
-        health = settings.require_health()
-        if health is None or health.access_log is None:
-            raise ConfigError("health.access_log: not set; add it (and `access_log PATH lbsplit;` in nginx) to use report")
-        now = _time.time()
-        try:
-            stats = read_window(health.access_log, seconds, now, variant_of_addr(settings.v1, settings.v2))
-        except OSError as e:
-            raise EnvironmentProblem(f"health.access_log: cannot read {health.access_log}: {e.strerror}") from None
-        table = {v: st.as_dict() for v, st in sorted(stats.stats(now - seconds, now).items())}
+        r = sources.report(obj.settings(for_revert=True), seconds)
         if as_json:
-            click.echo(json.dumps({"window_seconds": seconds, "log": str(health.access_log), "variants": table}, indent=2))
+            click.echo(json.dumps({k: r[k] for k in ("window_seconds", "log", "variants")}, indent=2))
             return
-        click.echo(f"last {window} of {health.access_log}")
+        click.echo(f"last {window} of {r['log']}")
         click.echo(f"{'variant':<8} {'requests':>9} {'errors':>8} {'timeouts':>9} {'avg':>9} {'p95':>9}")
-        for variant, row in table.items():
-            def pct(x):
-                return "-" if x is None else f"{100 * x:.2f}%"
-
-            def sec(x):
-                return "-" if x is None else f"{x:.3f}s"
-
-            click.echo(f"{variant:<8} {row['requests']:>9} {pct(row['error_rate']):>8} {pct(row['timeout_rate']):>9} "
-                       f"{sec(row['avg_response_time']):>9} {sec(row['p95_response_time']):>9}")
-        low = [v for v, row in table.items() if row["requests"] < health.min_requests]
-        if low:
-            click.echo(f"not enough data to judge {', '.join(low)}: fewer than {health.min_requests} requests "
-                       "(health.min_requests)")
+        for variant, row in r["variants"].items():
+            click.echo(f"{variant:<8} {row['requests']:>9} {_pct(row['error_rate']):>8} {_pct(row['timeout_rate']):>9} "
+                       f"{_sec(row['avg_response_time']):>9} {_sec(row['p95_response_time']):>9}")
+        if r["not_enough_data"]:
+            click.echo(f"not enough data to judge {', '.join(r['not_enough_data'])}: fewer than {r['min_requests']} "
+                       "requests (health.min_requests)")
 
     run(go)
 
@@ -386,15 +342,7 @@ def repair(obj: Context) -> None:
 
     Every mutating command does this first anyway. Example: lbsplit repair
     """
-
-    def go():
-        settings = obj.settings(for_revert=True)
-        txn = Transaction(settings, "repair")
-        txn.store.ensure()
-        with files.Lock(txn.store.lock_path, settings.lock_timeout, "repair"):
-            click.echo(txn.repair() or "nothing to repair")
-
-    run(go)
+    run(lambda: click.echo(transaction.repair(obj.settings(for_revert=True))))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,12 +9,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
-from .model import Server
+from .model import (
+    DEFAULT_FALLBACK_KEY,
+    DEFAULT_KEY,
+    DEFAULT_MODE,
+    DEFAULT_STATUS_LISTEN,
+    METRICS,
+    Mode,
+    NoData,
+    OnBreach,
+    Server,
+    Source,
+    parse_percent,
+)
 from .validate import check_variable, parse_server
 
 DEFAULT_CONFIG = "lbsplit.toml"
 ENV_CONFIG = "LBSPLIT_CONFIG"
-DEFAULT_STATUS_LISTEN = "127.0.0.1:9181"
 
 
 @dataclass(frozen=True)
@@ -42,7 +53,7 @@ class NginxSettings:
 
 @dataclass(frozen=True)
 class SplitSettings:
-    mode: str
+    mode: Mode
     key: str
     fallback_key: str
     whitelist: tuple[str, ...]
@@ -62,6 +73,9 @@ class Thresholds:
     alert_cooldown: float
     window: float  # seconds of access log the nginx_log source judges
 
+    def limit(self, metric: str) -> float:
+        return getattr(self, metric)
+
 
 # The rollout plan's table: stage up to 10% / 30% / 100%.
 DEFAULT_THRESHOLDS = (
@@ -69,7 +83,8 @@ DEFAULT_THRESHOLDS = (
     Thresholds(3000, 0.04, 0.015, 8, 25, 30, 120, 60),
     Thresholds(10000, 0.03, 0.01, 5, 20, 15, 60, 30),
 )
-METRICS = ("error_rate", "timeout_rate", "dead_letter_growth", "avg_response_time")
+# Per-row settings besides the metric limits.
+THRESHOLD_TIMING = ("check_every", "alert_cooldown", "window")
 
 
 @dataclass(frozen=True)
@@ -80,13 +95,13 @@ class HealthSettings:
     bearer_token_file: Path | None
     bearer_token_env: str | None
     fields: tuple[tuple[str, str], ...]  # metric -> dotted path in the JSON answer
-    no_data: str  # "fail" or "ignore"
+    no_data: NoData
     failures_before_revert: int
-    on_breach: str  # "revert" or "previous"
+    on_breach: OnBreach
     thresholds: tuple[Thresholds, ...]
     log: Path
     prometheus_textfile: Path | None
-    source: str = "endpoint"  # "endpoint", "nginx_log" or "both"
+    source: Source = Source.ENDPOINT
     access_log: Path | None = None
     min_requests: int = 50
     baseline_error_margin: float = 0.02
@@ -94,11 +109,11 @@ class HealthSettings:
 
     @property
     def uses_endpoint(self) -> bool:
-        return self.source in ("endpoint", "both")
+        return self.source in (Source.ENDPOINT, Source.BOTH)
 
     @property
     def uses_log(self) -> bool:
-        return self.source in ("nginx_log", "both")
+        return self.source in (Source.NGINX_LOG, Source.BOTH)
 
     def thresholds_for(self, hundredths: int) -> Thresholds:
         """The first row whose up_to_percent covers the stage."""
@@ -143,16 +158,7 @@ class Settings:
         return self.v2, self.split
 
 
-THRESHOLD_SCHEMA = {
-    "up_to_percent": (int, float),
-    "error_rate": (int, float),
-    "timeout_rate": (int, float),
-    "dead_letter_growth": (int, float),
-    "avg_response_time": (int, float),
-    "check_every": (int, float),
-    "alert_cooldown": (int, float),
-    "window": (int, float),
-}
+THRESHOLD_SCHEMA = {name: (int, float) for name in ("up_to_percent", *METRICS, *THRESHOLD_TIMING)}
 FREE_TABLE = "free table"
 
 SCHEMA: dict[str, object] = {
@@ -165,7 +171,7 @@ SCHEMA: dict[str, object] = {
         "headers": FREE_TABLE,
         "bearer_token_file": str,
         "bearer_token_env": str,
-        "fields": {m: str for m in ("error_rate", "timeout_rate", "dead_letter_growth", "avg_response_time")},
+        "fields": {m: str for m in METRICS},
         "no_data": str,
         "failures_before_revert": int,
         "on_breach": str,
@@ -256,11 +262,9 @@ def _load_split(base: Path, table: dict, raw_v2: object) -> tuple[tuple[Server, 
     if raw_v2 is None:
         raise ConfigError("upstreams.v2: missing; list v2's servers, e.g. v2 = [\"10.0.1.1:8080\"]")
     v2 = _servers(raw_v2, "upstreams.v2")
-    mode = table.get("mode", "hash")
-    if mode not in ("hash", "weight"):
-        raise ConfigError(f"split.mode: {mode!r} is not a mode; use \"hash\" (sticky per user) or \"weight\"")
-    key = check_variable(table.get("key", "$http_x_user_id"), "split.key")
-    fallback = check_variable(table.get("fallback_key", "$remote_addr"), "split.fallback_key")
+    mode = _choice(table.get("mode", DEFAULT_MODE), Mode, "split.mode", "(hash: sticky per user; weight: per request)")
+    key = check_variable(table.get("key", DEFAULT_KEY), "split.key")
+    fallback = check_variable(table.get("fallback_key", DEFAULT_FALLBACK_KEY), "split.fallback_key")
     whitelist = table.get("whitelist", [])
     for i, item in enumerate(whitelist):
         if not isinstance(item, str):
@@ -371,6 +375,15 @@ def load(path: Path, for_revert: bool = False) -> Settings:
     )
 
 
+def _choice(value: str, allowed, field_name: str, meaning: str = ""):
+    """One of an enum's words, or an error that lists them."""
+    try:
+        return allowed(value)
+    except ValueError:
+        words = " or ".join(f'"{w}"' for w in allowed)
+        raise ConfigError(f"{field_name}: {value!r} is not allowed; use {words} {meaning}".rstrip()) from None
+
+
 def _http_url(value: str, field_name: str) -> str:
     if not (value.startswith("http://") or value.startswith("https://")) or any(c.isspace() for c in value):
         raise ConfigError(f"{field_name}: {value!r} must be an http:// or https:// URL")
@@ -378,8 +391,6 @@ def _http_url(value: str, field_name: str) -> str:
 
 
 def _stages(values: list) -> tuple[int, ...]:
-    from .model import parse_percent
-
     stages = tuple(parse_percent(str(v), f"stages[{i}]") for i, v in enumerate(values))
     if list(stages) != sorted(set(stages)) or any(s == 0 for s in stages):
         raise ConfigError("stages: list increasing percentages above 0, e.g. stages = [10, 30, 100]")
@@ -387,8 +398,6 @@ def _stages(values: list) -> tuple[int, ...]:
 
 
 def _thresholds(rows: list) -> tuple[Thresholds, ...]:
-    from .model import parse_percent
-
     if not rows:
         return DEFAULT_THRESHOLDS
     out = []
@@ -400,8 +409,7 @@ def _thresholds(rows: list) -> tuple[Thresholds, ...]:
         # Unset fields take the plan's default for the same stage.
         base = next((d for d in DEFAULT_THRESHOLDS if up_to <= d.up_to_hundredths), DEFAULT_THRESHOLDS[-1])
         values = {}
-        for key in ("error_rate", "timeout_rate", "dead_letter_growth", "avg_response_time", "check_every",
-                    "alert_cooldown", "window"):
+        for key in (*METRICS, *THRESHOLD_TIMING):
             value = float(row.get(key, getattr(base, key)))
             if value < 0 or (key in ("check_every", "window") and not 1 <= value <= 3600):
                 raise ConfigError(f"{name}.{key}: {value:g} is out of range")
@@ -415,12 +423,11 @@ def _thresholds(rows: list) -> tuple[Thresholds, ...]:
 
 
 def _health(base: Path, table: dict, state_dir: Path) -> HealthSettings:
-    source = table.get("source", "endpoint" if "url" in table or "access_log" not in table else "nginx_log")
-    if source not in ("endpoint", "nginx_log", "both"):
-        raise ConfigError(f"health.source: {source!r}; use \"endpoint\", \"nginx_log\" or \"both\"")
-    if source != "endpoint" and "access_log" not in table:
+    default_source = Source.ENDPOINT if "url" in table or "access_log" not in table else Source.NGINX_LOG
+    source = _choice(table.get("source", default_source), Source, "health.source")
+    if source != Source.ENDPOINT and "access_log" not in table:
         raise ConfigError("health.access_log: missing; give the log written with `access_log PATH lbsplit;` in nginx")
-    if source != "nginx_log" and "url" not in table:
+    if source != Source.NGINX_LOG and "url" not in table:
         raise ConfigError("health.url: missing; give v2's health endpoint, e.g. url = \"http://10.0.1.1:5000/api/v2/monitoring/health\"")
     min_requests = table.get("min_requests", 50)
     if not 1 <= min_requests <= 10_000_000:
@@ -434,15 +441,13 @@ def _health(base: Path, table: dict, state_dir: Path) -> HealthSettings:
     timeout = float(table.get("timeout", 5))
     if not 0 < timeout <= 60:
         raise ConfigError("health.timeout: give seconds between 0 and 60")
-    no_data = table.get("no_data", "fail")
-    if no_data not in ("fail", "ignore"):
-        raise ConfigError(f"health.no_data: {no_data!r}; use \"fail\" (count as a failed check) or \"ignore\"")
+    no_data = _choice(table.get("no_data", NoData.FAIL), NoData, "health.no_data",
+                      "(fail: count as a failed check; ignore: neither pass nor fail)")
     failures = table.get("failures_before_revert", 3)
     if not 1 <= failures <= 100:
         raise ConfigError("health.failures_before_revert: give a whole number from 1 to 100")
-    on_breach = table.get("on_breach", "revert")
-    if on_breach not in ("revert", "previous"):
-        raise ConfigError(f"health.on_breach: {on_breach!r}; use \"revert\" (v2 off) or \"previous\" (the stage before)")
+    on_breach = _choice(table.get("on_breach", OnBreach.REVERT), OnBreach, "health.on_breach",
+                        "(revert: v2 off; previous: the stage before)")
     fields = {m: m for m in METRICS}
     fields.update(table.get("fields", {}))
     thresholds = _thresholds(table.get("thresholds", []))

@@ -1,14 +1,71 @@
-"""Plain data shared by the core: stages, servers. No I/O here."""
+"""Plain data shared by every part: stages, servers, the enums and the defaults. No I/O here.
+
+Each default and each set of allowed words is declared here once; config, the
+transaction, the dialect and the CLI read them from here.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from enum import StrEnum
 
 from .errors import ConfigError
 
 FULL = 10000  # 100% in hundredths of a percent
+
+
+class Mode(StrEnum):
+    """How v2's share is made: sticky per-user hash, or round-robin weights."""
+
+    HASH = "hash"
+    WEIGHT = "weight"
+
+
+class Variant(StrEnum):
+    V1 = "v1"
+    V2 = "v2"
+    EITHER = "either"  # weight mode, or an empty id without the fallback value: decided per request
+
+
+class Outcome(StrEnum):
+    """One check's result."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    NO_DATA = "no_data"  # the metrics could not be read, and no_data = "ignore"
+    INCONCLUSIVE = "inconclusive"  # v1 fails as badly as v2: not v2's fault
+
+
+class NoData(StrEnum):
+    """What a check with missing or unusable data counts as."""
+
+    FAIL = "fail"
+    IGNORE = "ignore"
+
+
+class OnBreach(StrEnum):
+    REVERT = "revert"  # v2 off
+    PREVIOUS = "previous"  # back to the stage below
+
+
+class Source(StrEnum):
+    """Where the watchdog reads v2's health from."""
+
+    ENDPOINT = "endpoint"
+    NGINX_LOG = "nginx_log"
+    BOTH = "both"
+
+
+DEFAULT_MODE = Mode.HASH
+DEFAULT_KEY = "$http_x_user_id"
+DEFAULT_FALLBACK_KEY = "$remote_addr"
+DEFAULT_STATUS_LISTEN = "127.0.0.1:9181"
+# The health endpoint's metrics, in the plan's units: rates are fractions 0..1,
+# dead-letter growth is messages per hour, avg_response_time is seconds.
+METRICS = ("error_rate", "timeout_rate", "dead_letter_growth", "avg_response_time")
+RATE_METRICS = ("error_rate", "timeout_rate")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lbsplit.sandbox import Sandbox, nginx_binary
+from lbsplit.demo.sandbox import Sandbox, nginx_binary
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from lbsplit.errors import EnvironmentProblem, LockBusy
-from lbsplit.files import TEMP_PREFIX, Lock, atomic_write
+from lbsplit.rollout.files import TEMP_PREFIX, Lock, atomic_write
 
 
 def test_atomic_write_replaces_and_leaves_no_temp_file(tmp_path):
@@ -52,7 +52,7 @@ def test_lock_is_taken_once_the_holder_lets_go(tmp_path):
 
 
 def test_link_or_copy_onto_an_existing_link_leaves_no_temp_file(tmp_path):
-    from lbsplit.files import link_or_copy
+    from lbsplit.rollout.files import link_or_copy
 
     source = tmp_path / "live.conf"
     source.write_text("gen 3")

@@ -4,13 +4,15 @@ config that real nginx accepts and that routes as intended. Never an injected di
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from lbsplit import structure
+from lbsplit.errors import StructureError
+from lbsplit.nginx.dialect import check_structure
 from lbsplit.config import NginxSettings
 from lbsplit.errors import ConfigError
 from lbsplit.model import Server, Stage
-from lbsplit.nginx import Nginx
-from lbsplit.render import RenderInput, render
-from lbsplit.route import whitelist_from_live
+from lbsplit.nginx.process import Nginx
+from lbsplit.nginx.dialect import RenderInput, render
+from lbsplit.nginx.dialect import whitelist_ids
+from lbsplit.nginx.route import folded_keys
 from lbsplit.validate import check_variable, fold_case, parse_server
 from lbsplit.whitelist import parse as parse_whitelist
 
@@ -43,8 +45,8 @@ def test_generated_whitelist_ids_are_rejected_by_name_or_accepted_by_nginx(nginx
         assert message.startswith("whitelist: ") and "split.whitelist[" in message
         return
     text = rendered(wl.ids)
-    structure.check(text, len(wl.ids))
-    assert whitelist_from_live(text) == {fold_case(i) for i in ids}  # every id, and nothing else, maps to v2
+    check_structure(text, len(wl.ids))
+    assert folded_keys(whitelist_ids(text)) == {fold_case(i) for i in ids}  # every id, and nothing else, maps to v2
     assert snippet_test(text, nginx_bin, tmp_path) is None
 
 
@@ -57,7 +59,7 @@ def test_generated_server_lines_are_rejected_by_name_or_render_one_server(line):
         assert str(e).startswith("upstreams.v1[0]: ")
         return
     text = rendered(v1=(server,), stage=Stage.at(1000))
-    structure.check(text, 0)
+    check_structure(text, 0)
     assert text.count("    server ") == 2  # v1's one line and v2's, nothing smuggled in
 
 
@@ -69,7 +71,7 @@ def test_generated_keys_are_rejected_by_name_or_are_one_variable(key):
     except ConfigError as e:
         assert str(e).startswith("split.key: ")
         return
-    structure.check(rendered(key=key, stage=Stage.at(1000)), 0)
+    check_structure(rendered(key=key, stage=Stage.at(1000)), 0)
 
 
 HOSTILE_IDS = ['q"uote', "semi;colon", "{brace}", "$dollar", "#hash", "back\\slash", "default", "include",

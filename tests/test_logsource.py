@@ -5,7 +5,7 @@ import os
 import pytest
 
 from lbsplit.config import DEFAULT_THRESHOLDS, HealthSettings
-from lbsplit.logsource import EDGES, Cursor, VariantStats, Window, read_appended as _read_appended, read_window
+from lbsplit.watch.logsource import EDGES, Cursor, VariantStats, Window, read_appended as _read_appended, read_window
 
 
 def read_appended(path, cursor):
@@ -13,7 +13,8 @@ def read_appended(path, cursor):
     texts = []
     cursor, notes = _read_appended(path, cursor, texts.append)
     return texts, cursor, notes
-from lbsplit.watchdog import Check, combine, decide, evaluate_log
+from lbsplit.model import NoData, Outcome
+from lbsplit.watch.judge import LOG, Check, Reading, combine, decide, evaluate_log
 
 T10, T30, T100 = DEFAULT_THRESHOLDS
 NOW = 1_800_000_000.0
@@ -152,27 +153,31 @@ def vs(requests, errors=0, timeouts=0, rt=0.01, p95_rt=None):
 
 def test_low_v2_traffic_is_no_data_not_success_nor_failure():
     check = evaluate_log(vs(1000), vs(10), T10, health())
-    assert check.outcome == "fail" and "not enough data: 10 v2 requests" in check.no_data[0]
-    ignored = evaluate_log(vs(1000), vs(10), T10, health(no_data="ignore"))
-    assert ignored.outcome == "no_data"
+    assert check.outcome == Outcome.FAIL and "not enough data: 10 v2 requests" in check.missing[0].why
+    assert check.missing[0].source == LOG
+    ignored = evaluate_log(vs(1000), vs(10), T10, health(no_data=NoData.IGNORE))
+    assert ignored.outcome == Outcome.NO_DATA
     assert decide(2, ignored, 3).consecutive == 2
 
 
 def test_absolute_breach_fails_and_baseline_breach_fails():
-    assert evaluate_log(vs(1000), vs(100, errors=6), T10, health()).breaches == (
-        "log: v2 error_rate 0.06 > 0.05", "log: v2 error_rate 0.06 > v1 0 + 0.02")
+    check = evaluate_log(vs(1000), vs(100, errors=6), T10, health())
+    assert [(r.metric, r.value, r.limit, r.against) for r in check.breaches] == [
+        ("error_rate", 0.06, 0.05, "threshold"), ("error_rate", 0.06, 0.02, "v1")]
+    assert all(r.source == LOG for r in check.readings)
     # under the stage's threshold, but 3 points worse than v1
     check = evaluate_log(vs(1000, errors=10), vs(100, errors=4), T10, health())
-    assert check.outcome == "fail" and check.breaches == ("log: v2 error_rate 0.04 > v1 0.01 + 0.02",)
+    assert check.outcome == Outcome.FAIL
+    assert [(r.metric, r.value, r.limit, r.against) for r in check.breaches] == [("error_rate", 0.04, 0.03, "v1")]
     slow = evaluate_log(vs(1000, rt=0.1), vs(100, rt=0.1, p95_rt=0.5), T10, health())
-    assert slow.outcome == "fail" and "p95" in slow.breaches[0]
+    assert slow.outcome == Outcome.FAIL and [r.metric for r in slow.breaches] == ["p95_response_time"]
 
 
 def test_v1_failing_as_badly_is_said_and_not_blamed_on_v2():
     check = evaluate_log(vs(1000, errors=200), vs(100, errors=21), T10, health())
     assert check.outcome == "inconclusive"
     assert "v1 fails as badly" in check.notes[0]
-    assert decide(1, check, 3) == decide(1, Check("no_data", (), (), {}, "ignore"), 3)
+    assert decide(1, check, 3) == decide(1, Check(Outcome.NO_DATA, (), (), {}, NoData.IGNORE), 3)
 
 
 def test_healthy_v2_passes_and_both_sources_combine():

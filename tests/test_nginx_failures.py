@@ -155,7 +155,7 @@ def test_two_applies_racing_serialize(sandbox):
 
 
 def test_lock_busy_fails_after_the_bounded_wait(sandbox):
-    from lbsplit.files import Lock
+    from lbsplit.rollout.files import Lock
 
     sandbox.config_path.write_text(sandbox.config_path.read_text().replace("lock_timeout = 30", "lock_timeout = 1"))
     with Lock(sandbox.state_dir / "lock", 1, "test holding the lock"):

@@ -13,7 +13,7 @@ def test_applies_reverts_and_watchdogs_started_together_serialize(sandbox):
     endpoint.mode = "status:500"  # the watchdogs want to revert, too
     try:
         sandbox.write_config(extra=f'\n[health]\nurl = "{endpoint.url}"\ntimeout = 1\nfailures_before_revert = 1\n')
-        assert run_cli(sandbox.config_path, "apply", "10").returncode == 0
+        assert run_cli(sandbox.config_path, "apply", "10", "--force").returncode == 0  # from off is a widening too
         argv = [sys.executable, "-m", "lbsplit", "--config", str(sandbox.config_path)]
         commands = [["apply", "20", "--force"], ["apply", "30", "--force"], ["revert"], ["apply", "40", "--force"],
                     ["watchdog", "--once"], ["watchdog", "--once"], ["apply", "50", "--force"], ["revert"],

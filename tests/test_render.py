@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from lbsplit import structure
+from lbsplit.errors import StructureError
+from lbsplit.nginx.dialect import check_structure
 from lbsplit.model import Server, Stage
-from lbsplit.render import RenderInput, map_hash_size, map_key, pool_weights, render
+from lbsplit.nginx.dialect import RenderInput, map_hash_size, map_key, pool_weights, render
 
 GOLDEN = Path(__file__).parent / "golden"
 V1 = (Server("10.0.0.1:8080"), Server("10.0.0.2:8080", max_fails=3, fail_timeout="10s"))
@@ -50,7 +51,7 @@ def test_render_matches_golden_file(name):
     if os.environ.get("UPDATE_GOLDEN"):
         path.write_text(text)
     assert text == path.read_text()
-    structure.check(text, len(CASES[name].whitelist) if CASES[name].stage.v2_enabled else 0)
+    check_structure(text, len(CASES[name].whitelist) if CASES[name].stage.v2_enabled else 0)
 
 
 def test_off_stage_never_mentions_v2_or_the_whitelist():
@@ -84,7 +85,7 @@ def test_map_keys_are_quoted_and_backslash_prefixed(user_id, key):
 @pytest.mark.parametrize("user_id", ['x" lbsplit_v2; default lbsplit_v2; "', "a;}server{listen 80;}", "$remote_addr", "include", "#c", "{"])
 def test_hostile_ids_stay_one_map_entry(user_id):
     text = render(inputs(Stage.at(1000), whitelist=(user_id,)))
-    structure.check(text, 1)  # exactly default + one key; nothing injected
+    check_structure(text, 1)  # exactly default + one key; nothing injected
 
 
 @given(
@@ -126,17 +127,17 @@ def test_long_ids_get_a_bucket_that_fits_them():
 def test_structure_check_catches_a_doctored_whitelist_line():
     text = render(inputs(Stage.at(1000)))
     doctored = text.replace('"\\\\test_user_002" lbsplit_v2;', '"\\\\x" lbsplit_v2; include /etc/passwd;')
-    with pytest.raises(structure.StructureError, match="not one quoted key"):
-        structure.check(doctored, 3)
-    with pytest.raises(structure.StructureError, match="expected 4"):
-        structure.check(text, 4)
+    with pytest.raises(StructureError, match="not one quoted key"):
+        check_structure(doctored, 3)
+    with pytest.raises(StructureError, match="expected 4"):
+        check_structure(text, 4)
     extra = text.replace("upstream lbsplit_v1 {", "include /etc/nginx/other.conf;\nupstream lbsplit_v1 {")
-    with pytest.raises(structure.StructureError, match="unexpected top-level"):
-        structure.check(extra, 3)
+    with pytest.raises(StructureError, match="unexpected top-level"):
+        check_structure(extra, 3)
 
 
 @given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=20), max_size=30))
 def test_whitelist_lines_equal_one_map_key_per_line(ids):
-    from lbsplit.render import whitelist_lines
+    from lbsplit.nginx.dialect import whitelist_lines
 
     assert whitelist_lines(tuple(ids)) == "".join(f"    {map_key(i)} lbsplit_v2;\n" for i in ids)

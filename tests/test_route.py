@@ -8,9 +8,10 @@ import uuid
 import pytest
 
 from conftest import run_cli
-from lbsplit.hashing import in_v2_bucket, murmur2, v2_bound
+from lbsplit.nginx.hashing import in_v2_bucket, murmur2, v2_bound
 from lbsplit.model import Stage
-from lbsplit.route import explain, whitelist_from_live
+from lbsplit.nginx.dialect import whitelist_ids
+from lbsplit.nginx.route import explain, folded_keys
 from lbsplit.validate import fold_case
 
 
@@ -67,13 +68,13 @@ def test_route_command_explains_whitelist_hash_and_revert(sandbox):
 
 
 def test_whitelist_keys_read_back_from_the_rendered_file():
-    from lbsplit.render import RenderInput, render
+    from lbsplit.nginx.dialect import RenderInput, render
     from lbsplit.model import Server
 
     ids = ("plain", 'q"uote', "back\\slash", "default", "Mixed")
     text = render(RenderInput(1, Stage.at(1000), "hash", "$http_x_user_id", "$remote_addr",
                               (Server("a:1"),), (Server("b:1"),), ids, "127.0.0.1:9181"))
-    assert whitelist_from_live(text) == {fold_case(i) for i in ids}
+    assert folded_keys(whitelist_ids(text)) == {fold_case(i) for i in ids}
 
 
 @pytest.mark.parametrize("hundredths, variant", [(0, "v1"), (10000, "v2")])

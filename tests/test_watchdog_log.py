@@ -7,7 +7,9 @@ import pytest
 
 from conftest import run_cli
 from fakes import FlakyBackend
-from lbsplit.watchdog import EXIT_REVERTED
+from lbsplit.errors import ExitCode
+
+EXIT_REVERTED = ExitCode.WATCHDOG_REVERTED
 
 
 def configure(sb, v2_port, endpoint=None, source="nginx_log", extra=""):

@@ -1,21 +1,22 @@
-"""The watchdog's pure decisions, and the health probe against a real endpoint on loopback."""
+"""The judge's pure decisions, the watchdog's memory, and the health probe against a real endpoint on loopback."""
 
 import pytest
 
 from fakes import HEALTHY
-from lbsplit.config import DEFAULT_THRESHOLDS, METRICS
-from lbsplit.health import Sample, probe, redact
-from lbsplit.model import Stage
-from lbsplit.watchdog import (
-    Check, WatchdogState, breach_target, cron_checks, decide, evaluate, extract, prometheus_text,
+from lbsplit.config import DEFAULT_THRESHOLDS
+from lbsplit.model import METRICS, NoData, OnBreach, Outcome, Stage
+from lbsplit.watch.endpoint import probe, redact
+from lbsplit.watch.judge import (
+    ENDPOINT, Check, Missing, Reading, breach_target, cron_checks, decide, evaluate, extract,
 )
+from lbsplit.watch.memory import WatchdogState, load_state, prometheus_text
 
 FIELDS = {m: m for m in METRICS}
 T10, T30, T100 = DEFAULT_THRESHOLDS
 
 
-def sample(payload=None, error=None):
-    return Sample(0.0, payload, error)
+def judged(payload=None, error=None, thresholds=T10, no_data=NoData.FAIL):
+    return evaluate(payload, error, thresholds, FIELDS, no_data)
 
 
 def test_default_thresholds_are_the_plans_table():
@@ -32,42 +33,47 @@ def test_default_thresholds_are_the_plans_table():
     ("avg_response_time", 31, T10), ("error_rate", 0.041, T30), ("avg_response_time", 20.5, T100),
 ])
 def test_each_metric_over_its_threshold_fails(metric, value, thresholds):
-    check = evaluate(sample({**HEALTHY, metric: value}), thresholds, FIELDS, "fail")
-    assert check.outcome == "fail"
-    assert check.breaches == (f"{metric} {value:g} > {getattr(thresholds, metric):g}",)
+    check = judged({**HEALTHY, metric: value}, thresholds=thresholds)
+    assert check.outcome == Outcome.FAIL
+    assert check.breaches == (Reading(metric, value, thresholds.limit(metric), ENDPOINT, ok=False),)
+    assert check.summary() == f"{metric} {value:.4g} > {thresholds.limit(metric):.4g}"
 
 
 def test_healthy_passes_and_the_threshold_itself_is_allowed():
-    assert evaluate(sample(HEALTHY), T100, FIELDS, "fail").outcome == "pass"
-    assert evaluate(sample({**HEALTHY, "error_rate": 0.05}), T10, FIELDS, "fail").outcome == "pass"
+    check = judged(HEALTHY, thresholds=T100)
+    assert check.outcome == Outcome.PASS and check.breaches == () and len(check.readings) == len(METRICS)
+    assert judged({**HEALTHY, "error_rate": 0.05}).outcome == Outcome.PASS
 
 
 def test_no_data_policy_decides_unreachable_and_missing():
-    for s in (sample(error="connection refused"), sample({k: v for k, v in HEALTHY.items() if k != "error_rate"})):
-        assert evaluate(s, T10, FIELDS, "fail").outcome == "fail"
-        ignored = evaluate(s, T10, FIELDS, "ignore")
-        assert ignored.outcome == "no_data" and ignored.no_data and ignored.policy == "ignore"
+    for payload, error in ((None, "connection refused"), ({k: v for k, v in HEALTHY.items() if k != "error_rate"}, None)):
+        assert judged(payload, error).outcome == Outcome.FAIL
+        ignored = judged(payload, error, no_data=NoData.IGNORE)
+        assert ignored.outcome == Outcome.NO_DATA and ignored.missing and ignored.policy == NoData.IGNORE
+    assert judged(None, "connection refused").missing == (Missing(ENDPOINT, "connection refused"),)
 
 
 def test_a_breach_fails_even_when_no_data_is_ignored():
-    s = sample({"error_rate": 0.5})
-    assert evaluate(s, T10, FIELDS, "ignore").outcome == "fail"
+    assert judged({"error_rate": 0.5}, no_data=NoData.IGNORE).outcome == Outcome.FAIL
 
 
 def test_extract_top_level_nested_and_dotted_paths():
-    assert extract({"metrics": HEALTHY}, FIELDS) == {k: float(v) for k, v in HEALTHY.items()}
+    assert extract({"metrics": HEALTHY}, FIELDS) == HEALTHY
     fields = dict(FIELDS, error_rate="stats.errors.ratio")
     got = extract({**HEALTHY, "stats": {"errors": {"ratio": 0.2}}}, fields)
     assert got["error_rate"] == 0.2
-    assert extract({"error_rate": "high", "timeout_rate": True}, FIELDS)["error_rate"] is None
     assert extract([1, 2], FIELDS) == {m: None for m in METRICS}
+    check = judged({**HEALTHY, "error_rate": "high", "timeout_rate": True})
+    assert check.metrics["error_rate"] is None and check.metrics["timeout_rate"] is None
+    assert {m.metric for m in check.missing} == {"error_rate", "timeout_rate"}
 
 
 def test_decide_counts_consecutive_failures_and_resets_on_pass():
-    fail = Check("fail", ("x",), (), {}, "fail")
-    ok = Check("pass", (), (), {}, "fail")
-    ignored = Check("no_data", (), ("endpoint: HTTP 500",), {}, "ignore")
-    assert decide(0, fail, 3) == (v := decide(0, fail, 3)) and v.consecutive == 1 and not v.revert
+    fail = Check(Outcome.FAIL, (Reading("error_rate", 0.5, 0.05, ENDPOINT, ok=False),), (), {}, NoData.FAIL)
+    ok = Check(Outcome.PASS, (), (), {}, NoData.FAIL)
+    ignored = Check(Outcome.NO_DATA, (), (Missing(ENDPOINT, "HTTP 500"),), {}, NoData.IGNORE)
+    v = decide(0, fail, 3)
+    assert v.consecutive == 1 and not v.revert
     assert decide(1, fail, 3).revert is False
     assert decide(2, fail, 3).revert is True
     assert decide(2, ok, 3).consecutive == 0
@@ -75,10 +81,10 @@ def test_decide_counts_consecutive_failures_and_resets_on_pass():
 
 
 def test_breach_target():
-    assert breach_target(Stage.at(3000), (1000, 3000, 10000), "revert") == Stage.off()
-    assert breach_target(Stage.at(3000), (1000, 3000, 10000), "previous") == Stage.at(1000)
-    assert breach_target(Stage.at(1000), (1000, 3000, 10000), "previous") == Stage.off()
-    assert breach_target(Stage.at(5000), (), "previous") == Stage.off()
+    assert breach_target(Stage.at(3000), (1000, 3000, 10000), OnBreach.REVERT) == Stage.off()
+    assert breach_target(Stage.at(3000), (1000, 3000, 10000), OnBreach.PREVIOUS) == Stage.at(1000)
+    assert breach_target(Stage.at(1000), (1000, 3000, 10000), OnBreach.PREVIOUS) == Stage.off()
+    assert breach_target(Stage.at(5000), (), OnBreach.PREVIOUS) == Stage.off()
 
 
 @pytest.mark.parametrize("every, checks", [(60, 1), (30, 2), (15, 4), (20, 3), (25, 3), (90, 1)])
@@ -115,10 +121,17 @@ def test_probe_reads_json_and_sends_headers_and_token(endpoint):
 
 
 def test_probe_refused():
-    from lbsplit.sandbox import free_port
+    from lbsplit.demo.sandbox import free_port
 
     assert probe(f"http://127.0.0.1:{free_port()}/h", 1.0, {}).error == "connection refused"
 
 
 def test_redact_drops_credentials():
     assert redact("http://user:pw@127.0.0.1:8080/hook?token=x") == "http://127.0.0.1:8080/hook"
+
+
+def test_a_damaged_watchdog_state_only_loses_the_count(tmp_path):
+    path = tmp_path / "watchdog.json"
+    for raw in (b"", b"{", b"[1, 2]", b'{"consecutive_failures": "x"}', b'{"unknown": 1}', b"[" * 100000):
+        path.write_bytes(raw)
+        assert load_state(path).consecutive_failures == 0

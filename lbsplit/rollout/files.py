@@ -1,4 +1,9 @@
-"""Atomic file replacement and the state lock: the only code that writes files."""
+"""Atomic file replacement and the state lock.
+
+Every file lbsplit replaces (lbsplit.conf, state.json, the journal, the watchdog's
+state and textfile) goes through `atomic_write`; the two append-only logs (history,
+watchdog.log) are appended by their owners, `state` and `watch.watchdog`.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import EnvironmentProblem, LockBusy
+from ..errors import EnvironmentProblem, LockBusy
 
 TEMP_PREFIX = ".lbsplit-tmp-"
 
@@ -22,7 +27,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _os_problem(action: str, path: Path, e: OSError) -> EnvironmentProblem:
+def os_problem(action: str, path: Path, e: OSError) -> EnvironmentProblem:
     hint = {
         errno.EACCES: "run as a user that may write there (often root), or change the path in the config",
         errno.EPERM: "run as a user that may write there (often root), or change the path in the config",
@@ -54,7 +59,7 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
         tmp = None
         _fsync_dir(path.parent)
     except OSError as e:
-        raise _os_problem("write", path, e) from None
+        raise os_problem("write", path, e) from None
     finally:
         if tmp is not None:
             try:
@@ -108,7 +113,7 @@ def remove(path: Path) -> None:
     except FileNotFoundError:
         return
     except OSError as e:
-        raise _os_problem("remove", path, e) from None
+        raise os_problem("remove", path, e) from None
     _fsync_dir(path.parent)
 
 
@@ -119,14 +124,14 @@ def read_bytes(path: Path) -> bytes | None:
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise _os_problem("read", path, e) from None
+        raise os_problem("read", path, e) from None
 
 
 def ensure_dir(path: Path, mode: int = 0o755) -> None:
     try:
         Path(path).mkdir(parents=True, exist_ok=True, mode=mode)
     except OSError as e:
-        raise _os_problem("create", path, e) from None
+        raise os_problem("create", path, e) from None
 
 
 class Lock:
@@ -152,7 +157,7 @@ class Lock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise _os_problem("open the lock", self.path, e) from None
+            raise os_problem("open the lock", self.path, e) from None
         deadline = time.monotonic() + self.timeout
         while True:
             try:

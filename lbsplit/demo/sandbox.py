@@ -7,6 +7,7 @@ processes are ended by their own pids.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -15,7 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
-REPO_NGINX_DIR = Path(__file__).resolve().parent.parent / "nginx"
+from ..nginx.process import is_alive, is_master
+from ..resources import snippets_dir
 
 
 def free_port() -> int:
@@ -74,31 +76,15 @@ class NginxProcess:
 
     def stop(self) -> None:
         pid = self.pid()
-        if pid is None or not _is_nginx_master(pid):
+        if pid is None or not is_master(pid):
             return  # never signal a pid that is not our nginx master (the file may be stale)
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and is_alive(pid):
             time.sleep(0.02)
-
-
-def _is_nginx_master(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"nginx: master process")
-    except OSError:
-        return False
-
-
-def _alive(pid: int) -> bool:
-    """True while `pid` runs; a zombie waiting for its parent to reap it counts as ended."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _port_open(port: int) -> bool:
@@ -112,10 +98,10 @@ def _port_open(port: int) -> bool:
 class Sandbox:
     """Front nginx (runs lbsplit.conf) + backend nginx (v1, v2), all under `root`."""
 
-    def __init__(self, root: Path, binary: str | None = None, nginx_dir: Path = REPO_NGINX_DIR):
+    def __init__(self, root: Path, binary: str | None = None, nginx_dir: Path | None = None):
         self.root = Path(root)
         self.binary = binary or nginx_binary() or "nginx"
-        self.nginx_dir = Path(nginx_dir)
+        self.nginx_dir = Path(nginx_dir) if nginx_dir is not None else snippets_dir()
         self.port, self.v1_port, self.v2_port, self.status_port = (free_port() for _ in range(4))
         self.output_dir = self.root / "lbsplit-out"
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -146,8 +132,6 @@ class Sandbox:
     def write_config(self, mode: str = "hash", whitelist: list[str] | None = None, extra: str = "",
                      v1: list[str] | None = None, v2: list[str] | None = None, top: str = "") -> Path:
         """Write lbsplit.toml for this sandbox; returns its path."""
-        import json
-
         v1 = v1 or [f"127.0.0.1:{self.v1_port}"]
         v2 = v2 or [f"127.0.0.1:{self.v2_port}"]
         whitelist = whitelist if whitelist is not None else []

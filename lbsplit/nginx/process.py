@@ -1,9 +1,12 @@
-"""The one subprocess boundary: nginx -t, reload, and what the running nginx serves."""
+"""The one subprocess boundary: nginx -t, reload, finding the master, and what the running nginx serves.
+
+Besides running nginx, it asks lbsplit's own status page (on loopback) which generation
+nginx serves: a plain http.client GET, so this module needs no HTTP library.
+"""
 
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import re
 import subprocess
@@ -11,13 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import crossplane
-
-from .config import NginxSettings
-from .errors import EnvironmentProblem, NginxTestFailed, ReloadFailed
+from ..config import NginxSettings
+from ..errors import EnvironmentProblem, NginxTestFailed, ReloadFailed
+from .dialect import ENTRY_FILE, STATUS_PATH, parse_status
 
 COMMAND_TIMEOUT = 300  # nginx -t on a 1M-id whitelist takes seconds, not minutes
-STATUS_PATH = "/lbsplit/status"
 
 
 def _run(argv: list[str], what: str) -> subprocess.CompletedProcess:
@@ -31,6 +32,23 @@ def _run(argv: list[str], what: str) -> subprocess.CompletedProcess:
         raise EnvironmentProblem(f"{what}: {argv[0]!r} is not executable by this user") from None
     except subprocess.TimeoutExpired:
         raise EnvironmentProblem(f"{what}: {' '.join(argv)} did not finish in {COMMAND_TIMEOUT}s") from None
+
+
+def is_master(pid: int) -> bool:
+    """Is `pid` an nginx master process?"""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"nginx: master process")
+    except OSError:
+        return False
+
+
+def is_alive(pid: int) -> bool:
+    """True while `pid` runs; a zombie waiting for its parent to reap it counts as ended."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _clean(stderr: str) -> str:
@@ -61,13 +79,13 @@ class Nginx:
         """
         with tempfile.TemporaryDirectory(prefix="lbsplit-test-") as tmp:
             root = Path(tmp)
-            (root / "lbsplit.conf").write_text(text, encoding="utf-8")
+            (root / ENTRY_FILE).write_text(text, encoding="utf-8")
             temp_paths = "".join(
                 f"    {name}_temp_path {root}/{name};\n" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
             )
             (root / "nginx.conf").write_text(
                 f"pid {root}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"
-                f"http {{\n{temp_paths}    include {root}/lbsplit.conf;\n}}\n",
+                f"http {{\n{temp_paths}    include {root}/{ENTRY_FILE};\n}}\n",
                 encoding="utf-8",
             )
             result = _run([self.settings.binary, "-p", str(root), "-c", str(root / "nginx.conf"), "-t", "-q"], "nginx -t")
@@ -97,6 +115,8 @@ class Nginx:
     def _find_pid_file(self) -> Path:
         if self.settings.pid_file is not None:
             return self.settings.pid_file
+        import crossplane  # only when the pid file is not configured
+
         prefix = self.settings.prefix or Path(self.compiled_defaults().get("prefix", "/usr/share/nginx"))
         try:
             payload = crossplane.parse(str(self.settings.conf), single=True, check_ctx=False, check_args=False, comments=False)
@@ -116,11 +136,7 @@ class Nginx:
             pid = int(self.pid_file().read_text().strip())
         except (OSError, ValueError):
             return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return None
-        return pid if cmdline.startswith(b"nginx: master process") else None
+        return pid if is_master(pid) else None
 
     @staticmethod
     def worker_pids(master: int) -> set[int]:
@@ -167,8 +183,8 @@ class Nginx:
             body = response.read()
             if response.status != 200:
                 return None
-            return json.loads(body)
-        except (OSError, http.client.HTTPException, ValueError):
+            return parse_status(body)
+        except (OSError, http.client.HTTPException):
             return None
         finally:
             conn.close()

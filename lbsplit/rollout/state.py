@@ -1,16 +1,26 @@
-"""state_dir: current state, history lines, saved generations, the unfinished-transaction journal."""
+"""state_dir: current state, history lines, saved generations, the unfinished-transaction journal.
+
+The only code that knows state_dir's layout. A damaged file (torn, empty, not ours) is
+reported as DamagedFile naming it and the fix; it never surfaces as a traceback.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..errors import UnfinishedTransaction
+from ..model import Mode, Stage
 from . import files
-from .model import Stage
 
 KEEP_GENERATIONS = 5  # a 1M-id whitelist makes each one ~57 MB
+
+
+class DamagedFile(UnfinishedTransaction):
+    """A file in state_dir cannot be read back; the message names it and what to do."""
 
 
 @dataclass(frozen=True)
@@ -28,8 +38,19 @@ class State:
     reloaded: bool  # False when nginx was not running at install time
 
     @property
+    def stage(self) -> Stage:
+        return Stage.at(self.hundredths) if self.v2_enabled else Stage.off()
+
+    @property
     def stage_text(self) -> str:
-        return (Stage.at(self.hundredths) if self.v2_enabled else Stage.off()).describe()
+        return self.stage.describe()
+
+
+class Phase:
+    """How far a transaction got, as its journal records it."""
+
+    SWAPPING = "swapping"  # the new file may be in place; nginx was not asked to reload
+    RELOADING = "reloading"  # nginx was asked to reload to the new file
 
 
 @dataclass(frozen=True)
@@ -43,6 +64,31 @@ class Journal:
     new_sha256: str
     had_previous: bool  # False: there was no live file before; undo removes it
     previous_generation: int | None
+    stage_v2: bool = False  # the target stage, so repair never has to parse it out of the file
+    stage_hundredths: int = 0
+    previous_sha256: str | None = None  # what the backup must hash to before repair restores it
+    phase: str = Phase.SWAPPING
+
+    @property
+    def stage(self) -> Stage:
+        return Stage.at(self.stage_hundredths) if self.stage_v2 else Stage.off()
+
+
+def _load(cls, raw: bytes, path: Path, what_to_do: str):
+    """A dataclass from a JSON file; DamagedFile when it is torn, not an object or of the wrong shape."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    names = {f.name for f in dataclasses.fields(cls)}
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    if not isinstance(data, dict) or not required <= data.keys():
+        raise DamagedFile(f"{path} is damaged (empty, torn or not lbsplit's); {what_to_do}")
+    try:
+        return cls(**{k: v for k, v in data.items() if k in names})
+    except (TypeError, ValueError):
+        raise DamagedFile(f"{path} is damaged (a field has the wrong type); {what_to_do}") from None
 
 
 class StateStore:
@@ -75,6 +121,14 @@ class StateStore:
     def generations_dir(self) -> Path:
         return self.dir / "generations"
 
+    @property
+    def watchdog_path(self) -> Path:
+        return self.dir / "watchdog.json"
+
+    @property
+    def watchdog_lock_path(self) -> Path:
+        return self.dir / "watchdog.lock"
+
     def ensure(self) -> None:
         files.ensure_dir(self.dir, 0o755)
         files.ensure_dir(self.generations_dir, 0o755)
@@ -84,7 +138,20 @@ class StateStore:
         raw = files.read_bytes(self.state_path)
         if raw is None:
             return None
-        return State(**json.loads(raw))
+        state = _load(State, raw, self.state_path,
+                      "`lbsplit revert` rewrites it; or remove it and run `lbsplit apply` again")
+        try:
+            Mode(state.mode)
+        except ValueError:
+            raise DamagedFile(f"{self.state_path} is damaged (mode {state.mode!r}); `lbsplit revert` rewrites it") from None
+        return state
+
+    def read_state_or_none(self) -> State | None:
+        """The state, or None when it is missing or damaged (revert must not depend on it)."""
+        try:
+            return self.read_state()
+        except DamagedFile:
+            return None
 
     def write_state(self, state: State) -> None:
         files.atomic_write(self.state_path, json.dumps(asdict(state), indent=2) + "\n", mode=0o644)
@@ -95,10 +162,12 @@ class StateStore:
         try:
             fd = os.open(self.history_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as e:
-            raise files._os_problem("append to", self.history_path, e) from None
+            raise files.os_problem("append to", self.history_path, e) from None
         try:
             os.write(fd, line)
             os.fsync(fd)
+        except OSError as e:
+            raise files.os_problem("append to", self.history_path, e) from None
         finally:
             os.close(fd)
 
@@ -109,10 +178,17 @@ class StateStore:
         entries = []
         for line in raw.decode("utf-8", errors="replace").splitlines():
             try:
-                entries.append(json.loads(line))
+                entry = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line torn by a crash mid-append: skip it, keep the rest
+            if isinstance(entry, dict):
+                entries.append(entry)
         return entries
+
+    def last_history_generation(self) -> int | None:
+        """The generation of the newest history entry (repair uses it to never record a change twice)."""
+        history = self.read_history()
+        return history[-1].get("generation") if history else None
 
     # journal
     def begin(self, journal: Journal) -> None:
@@ -122,7 +198,8 @@ class StateStore:
         raw = files.read_bytes(self.journal_path)
         if raw is None:
             return None
-        return Journal(**json.loads(raw))
+        return _load(Journal, raw, self.journal_path,
+                     "check that nginx serves what you expect, then remove it (`lbsplit revert` proceeds anyway)")
 
     def finish(self) -> None:
         files.remove(self.journal_path)
@@ -142,11 +219,14 @@ class StateStore:
 
     def last_generation(self) -> int:
         """The highest generation number ever used, so numbers are never reused."""
-        state = self.read_state()
         numbers = [int(p.stem) for p in self.generations_dir.glob("*.conf") if p.stem.isdigit()]
+        state = self.read_state_or_none()
         if state:
             numbers.append(state.generation)
-        journal = self.read_journal()
+        try:
+            journal = self.read_journal()
+        except UnfinishedTransaction:
+            journal = None
         if journal:
             numbers.append(journal.to_generation)
         return max(numbers, default=0)

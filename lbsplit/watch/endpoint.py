@@ -1,4 +1,7 @@
-"""The one network boundary for health checks and notifications. Returns samples; decides nothing."""
+"""The HTTP client for v2's health endpoint and for webhooks. Returns samples; decides nothing.
+
+(The only other HTTP request lbsplit makes is nginx.process asking nginx's own status page.)
+"""
 
 from __future__ import annotations
 
@@ -10,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
-MAX_BODY = 1 << 20
+MAX_BODY = 1 << 20  # of decoded bytes
+CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -78,13 +82,17 @@ def probe(url: str, timeout: float, headers: dict[str, str], clock=time.time) ->
     at = clock()
 
     def fetch():
-        with requests.get(url, headers=headers, timeout=(timeout, timeout), stream=True, allow_redirects=False) as r:
-            body = b""
-            for chunk in r.iter_content(chunk_size=None):
-                body += chunk
-                if len(body) > MAX_BODY:
+        # identity: a small gzip answer must not unpack into gigabytes; and the cap counts decoded bytes,
+        # read a chunk at a time, so nothing larger than MAX_BODY + CHUNK is ever held.
+        sent = {"Accept-Encoding": "identity", **headers}
+        with requests.get(url, headers=sent, timeout=(timeout, timeout), stream=True, allow_redirects=False) as r:
+            parts, size = [], 0
+            for chunk in r.iter_content(chunk_size=CHUNK):
+                parts.append(chunk)
+                size += len(chunk)
+                if size > MAX_BODY:
                     return r.status_code, None
-            return r.status_code, body
+            return r.status_code, b"".join(parts)
 
     try:
         status, body = _bounded(fetch, timeout)
@@ -103,6 +111,8 @@ def probe(url: str, timeout: float, headers: dict[str, str], clock=time.time) ->
         return Sample(at, json.loads(body), None)
     except (ValueError, UnicodeDecodeError):
         return Sample(at, None, "answer is not JSON")
+    except RecursionError:
+        return Sample(at, None, "answer is nested too deeply to be a health report")
 
 
 def post_json(url: str, payload: dict, timeout: float) -> str | None:

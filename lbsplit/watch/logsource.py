@@ -1,22 +1,28 @@
 """nginx's access log as a metric source: streaming reads, bounded per-second windows, per-variant stats.
 
-The log format is `lbsplit`, defined in lbsplit.conf: tab-separated
-msec, $lbsplit_upstream, status, upstream_status, request_time,
-upstream_response_time, upstream_connect_time, upstream_addr.
+The log format is `lbsplit`, defined in lbsplit.conf; its fields and their order
+come from nginx.dialect.LOG_FIELDS.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..nginx.dialect import LOG_FIELDS, UPSTREAM_OF_VARIANT
 
 CHUNK = 1 << 20
 FIRST_READ_LIMIT = 64 << 20  # a first run starts this far from the end, not at the top of a huge log
 # Request-time histogram: bin i holds times up to EDGES[i] (1 ms, growing by 10%); p95 is read off it.
 EDGES = [0.001 * 1.1 ** i for i in range(150)]  # up to ~1,600 s
-VARIANT_OF_UPSTREAM = {"lbsplit_v1": "v1", "lbsplit_v2": "v2"}
+VARIANT_OF_UPSTREAM = {upstream: variant for variant, upstream in UPSTREAM_OF_VARIANT.items()}
+_TIME, _UPSTREAM, _STATUS, _UPSTREAM_STATUS, _REQUEST_TIME, _ADDR = (
+    LOG_FIELDS.index(f) for f in ("$msec", "$lbsplit_upstream", "$status", "$upstream_status", "$request_time",
+                                  "$upstream_addr")
+)
 
 
 def variant_of_addr(v1, v2) -> dict[str, str]:
@@ -126,22 +132,26 @@ class Window:
         used = bad = 0
         rows = self.rows
         edges = EDGES
+        isfinite = math.isfinite
         for line in text.split("\n"):
             if not line:
                 continue
             f = line.split("\t")
             try:
-                ts = float(f[0])
-                status = int(f[2])
-                rt = float(f[4])
+                ts = float(f[_TIME])
+                status = int(f[_STATUS])
+                rt = float(f[_REQUEST_TIME])
             except (ValueError, IndexError):
                 bad += 1
                 continue
+            if not (isfinite(ts) and isfinite(rt)) or rt < 0 or ts < 0:
+                bad += 1  # "inf", "nan", negative: not a line nginx wrote
+                continue
             if ts < oldest:
                 continue
-            variant = VARIANT_OF_UPSTREAM.get(f[1])
+            variant = VARIANT_OF_UPSTREAM.get(f[_UPSTREAM])
             if variant is None:  # weight mode: the pool; the answering server tells the variant
-                addr = f[7].rsplit(", ", 1)[-1].rsplit(" : ", 1)[-1] if len(f) > 7 else ""
+                addr = f[_ADDR].rsplit(", ", 1)[-1].rsplit(" : ", 1)[-1] if len(f) > _ADDR else ""
                 variant = variant_of_addr.get(addr)
                 if variant is None:
                     bad += 1
@@ -156,9 +166,9 @@ class Window:
             row[0] += 1
             if status >= 500:
                 row[1] += 1
-                if status == 504 or "504" in f[3]:
+                if status == 504 or "504" in f[_UPSTREAM_STATUS]:
                     row[2] += 1
-            elif "504" in f[3]:
+            elif "504" in f[_UPSTREAM_STATUS]:
                 row[2] += 1
             row[3] += rt
             b = bisect.bisect_left(edges, rt)

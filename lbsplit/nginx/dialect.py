@@ -1,0 +1,309 @@
+"""The lbsplit.conf dialect: the only code that writes the file's format and reads it back.
+
+It renders lbsplit.conf from templates/ (jinja2), checks a rendered text's shape
+with crossplane, reads the whitelist keys back out of a live file, and declares the
+access-log fields and the status page that the template spells out. Pure: text in,
+text out; nothing here runs nginx or touches a live file.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+
+from .. import resources
+from ..errors import StructureError
+from ..model import FULL, Mode, Server, Stage
+
+ENTRY_FILE = "lbsplit.conf"
+STATUS_PATH = "/lbsplit/status"
+# The `lbsplit` access-log format: tab-separated, in this order. The template and the
+# log reader both take it from here.
+LOG_FIELDS = (
+    "$msec",
+    "$lbsplit_upstream",
+    "$status",
+    "$upstream_status",
+    "$request_time",
+    "$upstream_response_time",
+    "$upstream_connect_time",
+    "$upstream_addr",
+)
+UPSTREAM_OF_VARIANT = {"v1": "lbsplit_v1", "v2": "lbsplit_v2"}
+
+ENTRY_TEMPLATE = "lbsplit.conf.j2"
+DEFAULT_BUCKET_SIZE = 64  # nginx's default map_hash_bucket_size on x86 (one cache line)
+DEFAULT_MAX_SIZE = 2048
+POINTER = 8
+
+
+@functools.cache
+def _environment():
+    # jinja2 is imported on first render only: status, route and revert's start-up do not pay for it.
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(resources.templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+@dataclass(frozen=True)
+class RenderInput:
+    generation: int | str
+    stage: Stage
+    mode: Mode
+    key: str
+    fallback_key: str
+    v1: tuple[Server, ...]
+    v2: tuple[Server, ...]
+    whitelist: tuple[str, ...]
+    status_listen: str
+
+
+@dataclass(frozen=True)
+class MapHashSize:
+    bucket_size: int
+    max_size: int
+
+
+def map_key(user_id: str) -> str:
+    """A whitelist id as a quoted map key that nginx matches literally.
+
+    Inside double quotes nginx only treats backslash and the quote as special. The
+    leading backslash is stripped by the map module after it checks for `default`,
+    `include` and `~`, so every id, whatever its first word, is a plain key.
+    """
+    return '"\\\\' + user_id.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def whitelist_lines(ids: tuple[str, ...]) -> str:
+    """One `"\\id" lbsplit_v2;` line per id, as map_key spells it, built with whole-string operations.
+
+    Equivalent to joining map_key(id) lines; a million ids take a fraction of a second
+    instead of a million template-loop iterations. Ids never contain NUL (validated).
+    """
+    if not ids:
+        return ""
+    escaped = "\0".join(ids).replace("\\", "\\\\").replace('"', '\\"')
+    return '    "\\\\' + escaped.replace("\0", '" lbsplit_v2;\n    "\\\\') + '" lbsplit_v2;\n'
+
+
+def _elt_size(key_bytes: int) -> int:
+    # NGX_HASH_ELT_SIZE: a value pointer, then the key with a 2-byte length, pointer-aligned.
+    return POINTER + (key_bytes + 2 + POINTER - 1) // POINTER * POINTER
+
+
+def _poisson_tail(mean: float, above: int) -> float:
+    """P(X > above) for X ~ Poisson(mean)."""
+    term = math.exp(-mean)
+    cdf = term
+    for k in range(1, above + 1):
+        term *= mean / k
+        cdf += term
+    return max(0.0, 1.0 - cdf)
+
+
+def map_hash_size(ids: tuple[str, ...]) -> MapHashSize | None:
+    """Hash sizes that let nginx build the whitelist map, or None when its defaults do.
+
+    nginx fails hard when one key does not fit a bucket, and only warns when no table
+    size up to max_size fits every bucket; above 10,000 it tries just the last 1,000
+    sizes below max_size, so max_size must be near a size that works.
+    """
+    if not ids:
+        return None
+    joined = "".join(ids)
+    if joined.isascii():
+        longest_bytes = max(map(len, ids))
+        total_bytes = len(joined)
+    else:
+        sizes = [len(i.encode("utf-8")) for i in ids]
+        longest_bytes, total_bytes = max(sizes), sum(sizes)
+    longest = _elt_size(longest_bytes)
+    if longest + POINTER <= DEFAULT_BUCKET_SIZE and len(ids) <= 500:
+        return None
+    bucket = 512
+    while bucket < 4 * longest + POINTER:
+        bucket *= 2
+    capacity = (bucket - POINTER) // longest
+    average = _elt_size(math.ceil(total_bytes / len(ids)))
+    per_bucket = max(1, (bucket - POINTER) // average)
+    # Pick the fullest mean load whose expected count of overflowing buckets stays tiny.
+    mean = float(per_bucket)
+    while mean > 0.25:
+        buckets = len(ids) / mean
+        if buckets * _poisson_tail(mean, capacity) < 0.05:
+            break
+        mean *= 0.9
+    max_size = int(len(ids) / mean) + 1000
+    return MapHashSize(bucket_size=bucket, max_size=max(max_size, DEFAULT_MAX_SIZE))
+
+
+def pool_weights(v1: tuple[Server, ...], v2: tuple[Server, ...], hundredths: int) -> tuple[list[int], list[int]]:
+    """Integer weights giving v2 exactly hundredths/10000 of a shared round-robin pool.
+
+    Each server keeps its configured weight relative to its own pool; backup and
+    down servers take no share, so they do not count in the totals.
+    """
+    total1 = sum(s.weight for s in v1 if not (s.backup or s.down))
+    total2 = sum(s.weight for s in v2 if not (s.backup or s.down))
+    w1 = [s.weight * (FULL - hundredths) * total2 for s in v1]
+    w2 = [s.weight * hundredths * total1 for s in v2]
+    g = math.gcd(*w1, *w2)
+    return [w // g for w in w1], [w // g for w in w2]
+
+
+def render(inp: RenderInput) -> str:
+    """The full text of lbsplit.conf for one generation."""
+    stage = inp.stage
+    h = stage.hundredths
+    on = stage.v2_enabled
+    whitelist = inp.whitelist if on else ()
+    v2_needed = on and (bool(whitelist) or h > 0)
+    pool_lines: list[str] = []
+    split = False
+    if not on or h == 0:
+        default_target = "lbsplit_v1"
+    elif h == FULL:
+        default_target = "lbsplit_v2"
+    elif inp.mode == Mode.HASH:
+        default_target = "$lbsplit_split"
+        split = True
+    else:
+        w1, w2 = pool_weights(inp.v1, inp.v2, h)
+        pool_lines = [s.line(w) for s, w in zip(inp.v1, w1)] + [s.line(w) for s, w in zip(inp.v2, w2)]
+        default_target = "lbsplit_pool"
+    summary = f"on at {stage.percent}% ({inp.mode} mode)" if on else "off (everyone on v1)"
+    return _environment().get_template(ENTRY_TEMPLATE).render(
+        generation=inp.generation,
+        summary=summary,
+        percent=stage.percent,
+        mode=str(inp.mode),
+        key=inp.key,
+        fallback_key=inp.fallback_key,
+        v1_lines=[s.line() for s in inp.v1],
+        v2_lines=[s.line() for s in inp.v2] if v2_needed else [],
+        pool_lines=pool_lines,
+        split=split,
+        default_target=default_target,
+        whitelist_size=len(whitelist),
+        whitelist_lines=whitelist_lines(whitelist),
+        map_hash=map_hash_size(whitelist),
+        status_listen=inp.status_listen,
+        status_percent=stage.percent if on else "null",
+        v2_json="true" if on else "false",
+        log_format="\\t".join(LOG_FIELDS),
+        status_path=STATUS_PATH,
+    )
+
+
+# ---------------------------------------------------------------- reading it back
+# crossplane parses the rendered text as an independent second check of its shape (escaping
+# already makes injection impossible by construction); `nginx -t` remains the judge of validity.
+
+SAMPLE_KEYS = 200  # whitelist lines that go through crossplane as well as the line check
+_MAP_OPEN = re.compile(r"^map \$[A-Za-z_][A-Za-z0-9_]* \$lbsplit_upstream \{$", re.MULTILINE)
+# Lines of one quoted key each (only \\ and \" escapes inside, as map_key writes them).
+_KEY_BLOCK = re.compile(r'(?:    "\\\\(?:[^"\\\x00-\x1f]++|\\["\\])*+" lbsplit_v2;\n)*+')
+TOP_LEVEL = {"log_format", "map_hash_bucket_size", "map_hash_max_size", "upstream", "map", "split_clients", "server"}
+
+
+def _parse(text: str) -> list[dict]:
+    import crossplane  # only a render that installs pays for it
+
+    fd, path = tempfile.mkstemp(prefix="lbsplit-check-", suffix=".conf")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        payload = crossplane.parse(path, single=True, check_ctx=False, check_args=False, strict=False, comments=False)
+    finally:
+        os.unlink(path)
+    if payload["errors"]:
+        raise StructureError(f"rendered config does not parse: {payload['errors'][0]['error']}")
+    return payload["config"][0]["parsed"]
+
+
+def _split_keys(text: str, whitelist_size: int) -> tuple[str, int]:
+    """Check every whitelist line with a strict regex; return the text with only a sample of them.
+
+    crossplane is a pure-Python lexer: 40 s for a million keys. The regex check is exact
+    for the one line shape render writes, and crossplane still parses everything else.
+    """
+    opening = list(_MAP_OPEN.finditer(text))
+    if len(opening) != 1:
+        raise StructureError("rendered config must define $lbsplit_upstream exactly once")
+    default_end = text.index("\n", opening[0].end() + 1) + 1  # skip the "default ...;" line
+    end = text.index("\n}\n", default_end - 1) + 1
+    block = text[default_end:end]
+    count = block.count("\n")
+    if count != whitelist_size:
+        raise StructureError(f"$lbsplit_upstream map has {count} whitelist lines, expected {whitelist_size}")
+    if not _KEY_BLOCK.fullmatch(block):
+        bad = next(line for line in block.split("\n") if not _KEY_BLOCK.fullmatch(line + "\n"))
+        raise StructureError(f"a whitelist line of the rendered map is not one quoted key: {bad[:80]!r}")
+    sample_end = default_end
+    for _ in range(min(SAMPLE_KEYS, count)):
+        sample_end = text.index("\n", sample_end) + 1
+    return text[:sample_end] + text[end:], min(SAMPLE_KEYS, count)
+
+
+def check_structure(text: str, whitelist_size: int) -> None:
+    """Raise StructureError unless `text` is one lbsplit.conf with `whitelist_size` whitelist keys."""
+    text, whitelist_size = _split_keys(text, whitelist_size)
+    parsed = _parse(text)
+    names = [d["directive"] for d in parsed]
+    unexpected = sorted(set(names) - TOP_LEVEL)
+    if unexpected:
+        raise StructureError(f"rendered config has unexpected top-level directives: {unexpected}")
+    maps = {tuple(d["args"]): d for d in parsed if d["directive"] == "map"}
+    upstream_maps = [d for args, d in maps.items() if args[-1] == "$lbsplit_upstream"]
+    if len(upstream_maps) != 1:
+        raise StructureError("rendered config must define $lbsplit_upstream exactly once")
+    entries = upstream_maps[0]["block"]
+    if len(entries) != whitelist_size + 1 or any(len(e["args"]) != 1 for e in entries):
+        raise StructureError(
+            f"$lbsplit_upstream map has {len(entries)} entries, expected {whitelist_size + 1} "
+            "(default plus one per whitelisted id)"
+        )
+    for d in parsed:
+        if d["directive"] == "upstream":
+            if any(s["directive"] != "server" for s in d.get("block", [])):
+                raise StructureError(f"upstream {d['args']} contains something other than server lines")
+        if d["directive"] == "server":
+            inner = {s["directive"] for s in d.get("block", [])}
+            if not inner <= {"listen", "access_log", "location"}:
+                raise StructureError(f"status server contains unexpected directives: {sorted(inner)}")
+
+
+_KEY_LINE = re.compile(r'^    "\\\\((?:[^"\\]|\\.)*)" lbsplit_v2;$')
+
+
+def whitelist_ids(text: str) -> list[str]:
+    """The whitelist ids of a rendered lbsplit.conf, unescaped: what nginx really has."""
+    ids = []
+    for line in text.splitlines():
+        match = _KEY_LINE.match(line)
+        if match:
+            ids.append(re.sub(r"\\(.)", r"\1", match.group(1)))
+    return ids
+
+
+def parse_status(body: bytes) -> dict | None:
+    """The status page's answer as a dict, or None when it is not one of ours."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(answer, dict) or not isinstance(answer.get("generation"), int):
+        return None
+    return answer

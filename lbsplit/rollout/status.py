@@ -1,0 +1,83 @@
+"""What is live: the recorded state next to what nginx really serves, and where a user goes. Reads only."""
+
+from __future__ import annotations
+
+from .. import whitelist as whitelist_mod
+from ..config import Settings
+from ..errors import ConfigError, LbsplitError
+from ..model import DEFAULT_FALLBACK_KEY, Mode, Stage
+from ..nginx.dialect import whitelist_ids
+from ..nginx.process import Nginx
+from ..nginx.route import Route, explain, folded_keys
+from . import files
+from .state import DamagedFile, StateStore
+
+
+def _serves_state(answer: dict | None, state) -> bool:
+    """Does the status page's answer match the state in content, not only in generation number?"""
+    if not isinstance(answer, dict) or state is None:
+        return False
+    expected_percent = float(state.stage.percent) if state.v2_enabled else None
+    percent = answer.get("percent")
+    return (
+        answer.get("generation") == state.generation
+        and answer.get("v2") is state.v2_enabled
+        and answer.get("mode") == state.mode
+        and (percent is None if expected_percent is None else isinstance(percent, (int, float)) and float(percent) == expected_percent)
+    )
+
+
+def live_status(settings: Settings) -> dict:
+    """What is applied, whether nginx serves it, and whether a transaction is unfinished."""
+    store = StateStore(settings.state_dir)
+    damaged = []
+    try:
+        state = store.read_state()
+    except DamagedFile as e:
+        state, damaged = None, [str(e)]
+    try:
+        journal = store.read_journal()
+    except DamagedFile as e:
+        journal = None
+        damaged.append(str(e))
+    in_progress = False
+    if journal is not None and store.lock_path.exists():
+        probe = files.Lock(store.lock_path, 0, "status")
+        try:
+            in_progress = not probe.try_acquire()  # held: a command is working now, not interrupted
+        except LbsplitError:
+            in_progress = False  # cannot open the lock (another user's state_dir): report what the journal says
+        probe.release()
+    nginx = Nginx(settings.nginx)
+    answer = nginx.serving()
+    running = nginx.master_pid() is not None or answer is not None
+    return {
+        "percent": (state.hundredths / 100 if state.v2_enabled else 0) if state else None,
+        "v2_enabled": state.v2_enabled if state else False,
+        "mode": state.mode if state else None,
+        "generation": state.generation if state else None,
+        "applied_at": state.applied_at if state else None,
+        "applied_by": state.applied_by if state else None,
+        "command": state.command if state else None,
+        "nginx_running": running,
+        "serving_generation": answer.get("generation") if answer else None,
+        "serving_answer": answer,
+        "serving": running and _serves_state(answer, state),
+        "unfinished_transaction": journal.command if journal and not in_progress else None,
+        "in_progress": journal.command if journal and in_progress else None,
+        "damaged": damaged,
+    }
+
+
+def route_user(settings: Settings, user_id: str, percent: Stage | None, fallback: str | None) -> Route:
+    """Explain USER_ID's variant: under `percent` with the config's whitelist, else as nginx serves now."""
+    if percent is not None:
+        _, split = settings.require_rollout()
+        keys = folded_keys(whitelist_mod.load(split).ids)
+        return explain(user_id, percent, split.mode, keys, fallback, split.fallback_key)
+    state = StateStore(settings.state_dir).read_state()
+    if state is None:
+        raise ConfigError("route: nothing is applied yet; pass --percent P to ask about a stage")
+    live = (files.read_bytes(settings.nginx.live_file) or b"").decode("utf-8", errors="replace")
+    fallback_name = settings.split.fallback_key if settings.split else DEFAULT_FALLBACK_KEY
+    return explain(user_id, state.stage, Mode(state.mode), folded_keys(whitelist_ids(live)), fallback, fallback_name)

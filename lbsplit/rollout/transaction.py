@@ -1,0 +1,483 @@
+"""The transaction: lock, validate, render, check, swap, nginx -t, reload, verify; undo on any failure.
+
+Every mutating command (init, apply, revert, promote, the watchdog's revert, repair)
+goes through `Transaction`. Named failpoints let the crash tests stop it at each step
+on purpose: `LBSPLIT_FAILPOINT=after-swap:kill` makes the process SIGKILL itself right
+after the swap (actions: kill, term, raise).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import difflib
+import functools
+import getpass
+import hashlib
+import os
+import signal
+from dataclasses import dataclass, field
+
+from .. import whitelist as whitelist_mod
+from ..config import Settings
+from ..errors import Interrupted, LbsplitError, NginxTestFailed, ReloadFailed, StructureError, UnfinishedTransaction
+from ..model import DEFAULT_FALLBACK_KEY, DEFAULT_KEY, DEFAULT_MODE, Stage
+from ..nginx.dialect import RenderInput, check_structure, render, whitelist_ids
+from ..nginx.process import Nginx
+from . import files
+from .state import Journal, Phase, State, StateStore
+
+FAILPOINT_ENV = "LBSPLIT_FAILPOINT"
+# The named steps, in the order a transaction passes them.
+STEPS = ("after-lock", "after-backup", "after-journal", "after-swap", "after-test", "after-reload",
+         "after-verify", "after-state", "after-history")
+
+
+def failpoint(step: str) -> None:
+    """Crash on purpose at `step` when $LBSPLIT_FAILPOINT names it (tests only; a no-op otherwise)."""
+    spec = os.environ.get(FAILPOINT_ENV)
+    if not spec:
+        return
+    name, _, action = spec.partition(":")
+    if name != step:
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "term":
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before the next line
+    elif action == "raise":
+        raise RuntimeError(f"failpoint {step}")
+
+
+@dataclass
+class Outcome:
+    """What a mutating command did, for the CLI to print."""
+
+    generation: int
+    stage: Stage
+    changed: bool
+    reloaded: bool
+    messages: list[str] = field(default_factory=list)
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def actor() -> str:
+    """Who runs the command: the sudo caller when there is one."""
+    try:
+        return os.environ.get("SUDO_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Signals:
+    """SIGTERM/SIGHUP/SIGINT become Interrupted, so every undo scope runs; after the commit point they wait.
+
+    Once nginx serves the new generation the change has happened: a signal then must not
+    claim a rollback. It is remembered, the recording finishes, and the outcome says so.
+    """
+
+    WATCHED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+    def __init__(self):
+        self.committed = False
+        self.pending: str | None = None
+        self.touched = False  # the live file may have been changed: an interruption undoes it
+        self._previous: dict = {}
+
+    def _handler(self, signum, _frame):
+        name = signal.Signals(signum).name
+        if self.committed or self.pending:
+            self.pending = self.pending or name
+            return
+        self.pending = name  # a second signal during the undo must not interrupt the undo
+        what = "the previous config was put back" if self.touched else "nothing was changed"
+        raise Interrupted(f"interrupted by {name}; {what}")
+
+    def __enter__(self) -> "Signals":
+        self._previous = {s: signal.signal(s, self._handler) for s in self.WATCHED}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+
+
+GENERATION_MARKER = "\0generation\0"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated stage, ready to render for any generation number."""
+
+    stage: Stage
+    inputs: RenderInput
+    warnings: tuple[str, ...]
+
+    @functools.cached_property
+    def _template(self) -> str:
+        # Rendered once; the generation is filled in by a plain replace. The marker holds
+        # NUL bytes, which no validated id, server or key can contain.
+        return render(dataclasses.replace(self.inputs, generation=GENERATION_MARKER))
+
+    def text(self, generation: int) -> str:
+        return self._template.replace(GENERATION_MARKER, str(generation))
+
+    def checked_text(self, generation: int) -> str:
+        """The text, parsed back and checked for shape: what apply installs."""
+        text = self.text(generation)
+        check_structure(text, len(self.inputs.whitelist))
+        return text
+
+
+def plan(settings: Settings, stage: Stage) -> Plan:
+    """Validate everything the stage needs. Touches nothing."""
+    if stage.v2_enabled:
+        v2, split = settings.require_rollout()
+        wl = whitelist_mod.load(split)
+        ids, warnings, mode, key, fallback = wl.ids, wl.warnings, split.mode, split.key, split.fallback_key
+    else:
+        # A revert needs nothing but v1: a broken [split], v2 or whitelist file must not stop it.
+        v2, ids, warnings = (), (), ()
+        split = settings.split
+        mode = split.mode if split else DEFAULT_MODE
+        key = split.key if split else DEFAULT_KEY
+        fallback = split.fallback_key if split else DEFAULT_FALLBACK_KEY
+    inputs = RenderInput(
+        generation=0,
+        stage=stage,
+        mode=mode,
+        key=key,
+        fallback_key=fallback,
+        v1=settings.v1,
+        v2=v2,
+        whitelist=ids,
+        status_listen=settings.nginx.status_listen,
+    )
+    return Plan(stage=stage, inputs=inputs, warnings=tuple(warnings))
+
+
+class Transaction:
+    """One mutating command under the lock."""
+
+    def __init__(self, settings: Settings, command: str, reason: str = "", metrics: dict | None = None):
+        self.settings = settings
+        self.command = command
+        self.reason = reason
+        self.metrics = metrics
+        self.store = StateStore(settings.state_dir)
+        self.nginx = Nginx(settings.nginx)
+        self.live = settings.nginx.live_file
+
+    def lock(self, purpose: str | None = None) -> files.Lock:
+        return files.Lock(self.store.lock_path, self.settings.lock_timeout, purpose or self.command)
+
+    # ---- the undo building blocks
+    def _put_back(self, previous: bytes | None) -> None:
+        if previous is None:
+            files.remove(self.live)
+        else:
+            files.atomic_write(self.live, previous)
+
+    def _reload_to(self, generation: int | None) -> str:
+        """Reload so nginx serves the restored file again; returns a note for the user."""
+        master = self.nginx.master_pid()
+        if master is None:
+            return "nginx is not running"
+        old = self.nginx.worker_pids(master)
+        try:
+            self.nginx.reload()
+        except LbsplitError as e:
+            return f"reloading the previous config failed too: {e}"
+        if generation is None:
+            return "reloaded the previous config"
+        if self.nginx.wait_serving(generation, old, self.settings.nginx.verify_timeout):
+            return f"nginx serves generation {generation} again"
+        return f"nginx does not answer with generation {generation} yet; check `lbsplit status`"
+
+    def _backup(self, previous: bytes, state: State | None) -> None:
+        """Keep the live bytes for undo: a hard link to the saved generation when it is the same file."""
+        saved = self.store.generations_dir / f"{state.generation}.conf" if state else None
+        if saved is not None and state.sha256 == sha256(previous) and files.link_or_copy(saved, self.store.backup_path):
+            return
+        files.atomic_write(self.store.backup_path, previous)
+
+    # ---- repair
+    def repair(self) -> str | None:
+        """Finish or undo a transaction that an earlier process did not complete (call under the lock)."""
+        # A kill -9 between creating a temp file and renaming it leaves the temp file behind.
+        for directory in (self.live.parent, self.store.dir, self.store.generations_dir):
+            files.remove_stale_temps(directory)
+        journal = self.store.read_journal()
+        if journal is None:
+            return None
+        live = files.read_bytes(self.live)
+        if live is not None and sha256(live) == journal.new_sha256 and self._served(journal):
+            # It got as far as nginx serving the new generation: record it as done.
+            self._record(journal.to_generation, journal.stage, live, reloaded=True, command=journal.command,
+                         note="completed after an interruption")
+            self.store.finish()
+            return (f"finished the interrupted `{journal.command}` "
+                    f"(nginx already served generation {journal.to_generation})")
+        swapped = live is not None and sha256(live) == journal.new_sha256
+        if swapped:
+            self._put_back(self._checked_backup(journal))
+        if not swapped and journal.phase == Phase.SWAPPING:
+            note = "the live file was never replaced and nginx never reloaded"
+        elif self.nginx.master_pid() is None:
+            note = "nginx is not running"
+        else:
+            note = self._reload_to(journal.previous_generation)
+        self.store.append_history(
+            {"time": now(), "user": actor(), "command": f"repair ({journal.command})", "from": "?",
+             "to": "previous", "generation": journal.previous_generation, "reason": "interrupted transaction",
+             "result": f"rolled back: {note}"}
+        )
+        self.store.finish()
+        return f"rolled back the interrupted `{journal.command}` (pid {journal.pid}): {note}"
+
+    def _served(self, journal: Journal) -> bool:
+        """Does nginx serve the journal's new generation (waiting for a reload it was already asked for)?"""
+        if self.nginx.master_pid() is None:
+            return False
+        if journal.phase == Phase.RELOADING:
+            return self.nginx.wait_serving(journal.to_generation, set(), self.settings.nginx.verify_timeout)
+        return self.nginx.serving_generation() == journal.to_generation
+
+    def _checked_backup(self, journal: Journal) -> bytes | None:
+        """The backup to restore, checked as strictly as apply checks what it installs."""
+        if not journal.had_previous:
+            return None
+        where = f"inspect {self.live}, then remove {self.store.journal_path}"
+        backup = files.read_bytes(self.store.backup_path)
+        if backup is None:
+            raise UnfinishedTransaction(
+                f"`{journal.command}` was interrupted and its backup {self.store.backup_path} is gone; {where}")
+        if journal.previous_sha256 is not None and sha256(backup) != journal.previous_sha256:
+            raise UnfinishedTransaction(
+                f"the backup {self.store.backup_path} is not the file `{journal.command}` replaced "
+                f"(its checksum differs); {where}")
+        text = backup.decode("utf-8", errors="replace")
+        try:
+            check_structure(text, len(whitelist_ids(text)))
+        except StructureError as e:
+            raise UnfinishedTransaction(f"the backup {self.store.backup_path} is not an lbsplit.conf ({e}); {where}") from None
+        return backup
+
+    def _record(self, generation: int, stage: Stage, text: bytes, reloaded: bool, command: str, note: str) -> None:
+        before = self.store.read_state_or_none()
+        if before is None or before.generation != generation:
+            self.store.save_generation(generation, text, live=self.live)  # text is what the live file holds now
+            self.store.write_state(
+                State(
+                    generation=generation,
+                    v2_enabled=stage.v2_enabled,
+                    hundredths=stage.hundredths,
+                    mode=str(self.settings.split.mode if self.settings.split else DEFAULT_MODE),
+                    applied_at=now(),
+                    applied_by=actor(),
+                    command=command,
+                    sha256=sha256(text),
+                    reloaded=reloaded,
+                )
+            )
+        failpoint("after-state")
+        if self.store.last_history_generation() != generation:  # a repair after a crash must not record twice
+            entry = {"time": now(), "user": actor(), "command": command,
+                     "from": "none" if before is None else (before.stage_text if before.generation != generation else "?"),
+                     "to": stage.describe(), "generation": generation, "reason": self.reason, "result": note}
+            if self.metrics:
+                entry["metrics"] = self.metrics
+            self.store.append_history(entry)
+        failpoint("after-history")
+
+    # ---- the transaction
+    def run(self, stage: Stage, tolerate_repair_failure: bool = False, lock_held: files.Lock | None = None,
+            precheck=None, install_only: bool = False) -> Outcome:
+        """The whole transaction.
+
+        `lock_held`: the caller already holds the lock. `precheck(txn)` runs under the lock
+        and may refuse by raising. `install_only` (init): write and check the first file,
+        never reload, and do nothing when one is already installed.
+        """
+        messages: list[str] = []
+        self.store.ensure()
+        # Validate before waiting for the lock: bad input fails at once and changes nothing.
+        prepared = plan(self.settings, stage)
+        with contextlib.ExitStack() as scope:
+            signals = scope.enter_context(Signals())
+            if lock_held is None:
+                scope.enter_context(self.lock())
+            failpoint("after-lock")
+            try:
+                note = self.repair()
+            except LbsplitError as e:
+                if not tolerate_repair_failure:
+                    raise
+                note = f"could not repair the interrupted transaction ({e}); reverting anyway"
+            if note:
+                messages.append(note)
+            if precheck is not None:
+                messages.extend(precheck(self))
+            outcome = self._run_locked(prepared, messages, signals, install_only)
+            if signals.pending:
+                outcome.messages.append(f"{signals.pending} arrived after nginx already served generation "
+                                        f"{outcome.generation}: the change was completed and recorded")
+            return outcome
+
+    def _run_locked(self, prepared: Plan, messages: list[str], signals: Signals, install_only: bool) -> Outcome:
+        stage = prepared.stage
+        messages.extend(prepared.warnings)
+        state = self.store.read_state_or_none()
+        previous = files.read_bytes(self.live)
+        if install_only and state is not None and previous is not None:
+            messages.append(f"{self.live} already exists (generation {state.generation}); nothing to do")
+            return Outcome(state.generation, stage, changed=False, reloaded=False, messages=messages)
+        master = None if install_only else self.nginx.master_pid()
+        if state is not None and previous is not None and not install_only:
+            if prepared.text(state.generation).encode() == previous and (
+                master is None or self.nginx.serving_generation() == state.generation
+            ):
+                messages.append(f"already live: generation {state.generation} (v2 {stage.describe()}); nothing changed")
+                return Outcome(state.generation, stage, changed=False, reloaded=False, messages=messages)
+        generation = self.store.last_generation() + 1
+        data = prepared.checked_text(generation).encode("utf-8")
+        previous_generation = state.generation if state else None
+
+        # Backup first, then the journal, then the swap: a crash at any point leaves
+        # either no journal (nothing touched) or a journal with a backup to return to.
+        if previous is not None:
+            self._backup(previous, state)
+        failpoint("after-backup")
+        journal = Journal(command=self.command, pid=os.getpid(), started=now(), to_generation=generation,
+                          new_sha256=sha256(data), had_previous=previous is not None,
+                          previous_generation=previous_generation, stage_v2=stage.v2_enabled,
+                          stage_hundredths=stage.hundredths,
+                          previous_sha256=sha256(previous) if previous is not None else None)
+        signals.touched = True
+        self.store.begin(journal)
+        failpoint("after-journal")
+        files.ensure_dir(self.live.parent)
+        reloaded = False
+        try:
+            files.atomic_write(self.live, data)
+            failpoint("after-swap")
+            self._test_or_undo(previous)
+            failpoint("after-test")
+            if master is not None:
+                old = self.nginx.worker_pids(master)
+                # Recorded before signalling, so a repair after a crash waits for the reload it sent.
+                self.store.begin(dataclasses.replace(journal, phase=Phase.RELOADING))
+                reloaded = True
+                self.nginx.reload()
+                failpoint("after-reload")
+                if not self.nginx.wait_serving(generation, old, self.settings.nginx.verify_timeout):
+                    raise ReloadFailed(self._not_served_message(generation))
+            signals.committed = True  # nginx serves it (or is not running): from here on, finish
+        except BaseException as e:
+            self._put_back(previous)
+            note = self._reload_to(previous_generation) if reloaded else "nginx was not reloaded"
+            self.store.finish()
+            if isinstance(e, ReloadFailed):
+                raise ReloadFailed(f"{e}\nPrevious config restored; {note}") from None
+            raise
+        failpoint("after-verify")
+
+        if install_only:
+            messages.append(f"wrote {self.live} (generation {generation}, everyone on v1); nothing was reloaded")
+            result = "installed, not reloaded"
+        elif master is None:
+            messages.append(
+                f"nginx is not running: installed and checked generation {generation} "
+                f"(v2 {stage.describe()}), nothing was reloaded"
+            )
+            result = "installed; nginx not running, not reloaded"
+        else:
+            messages.append(f"nginx serves generation {generation}: v2 {stage.describe()}")
+            result = "applied and verified"
+        self._record(generation, stage, data, reloaded=master is not None, command=self.command, note=result)
+        self.store.finish()
+        return Outcome(generation, stage, changed=True, reloaded=master is not None, messages=messages)
+
+    def _test_or_undo(self, previous: bytes | None) -> None:
+        try:
+            self.nginx.test()
+        except NginxTestFailed as e:
+            self._put_back(previous)
+            if previous is None:
+                raise NginxTestFailed(f"nginx -t rejected the config with lbsplit.conf in place:\n{e}") from None
+            try:
+                self.nginx.test()
+            except NginxTestFailed:
+                raise NginxTestFailed(
+                    "nginx -t fails even with the previous lbsplit.conf, so the problem is elsewhere in your "
+                    f"nginx config; nothing was changed. nginx said:\n{e}"
+                ) from None
+            raise NginxTestFailed(f"nginx -t rejected the new config (previous config still live):\n{e}") from None
+
+    def _not_served_message(self, generation: int) -> str:
+        seen = self.nginx.serving_generation()
+        where = f"http://{self.settings.nginx.status_listen}/lbsplit/status"
+        if seen is None:
+            return (
+                f"nginx reloaded but nothing answers at {where} within {self.settings.nginx.verify_timeout:g}s; "
+                f"is `include {self.live};` in your nginx config at http level, and is that port free?"
+            )
+        return (
+            f"nginx still serves generation {seen} after {self.settings.nginx.verify_timeout:g}s, not {generation}; "
+            "the reload did not take effect (nginx's error log says why, e.g. a port in use)"
+        )
+
+
+def init(settings: Settings) -> Outcome:
+    """`lbsplit init`: the transaction in install-only mode (v1 only, checked, never reloaded)."""
+    return Transaction(settings, "init", "first install").run(Stage.off(), install_only=True)
+
+
+def revert(settings: Settings, reason: str = "") -> Outcome:
+    """`lbsplit revert`: v2 off, even when an interrupted transaction cannot be repaired."""
+    return Transaction(settings, "revert", reason).run(Stage.off(), tolerate_repair_failure=True)
+
+
+def repair(settings: Settings) -> str:
+    """`lbsplit repair`: finish or roll back an interrupted transaction, under the lock."""
+    txn = Transaction(settings, "repair")
+    txn.store.ensure()
+    with txn.lock():
+        return txn.repair() or "nothing to repair"
+
+
+def render_text(settings: Settings, stage: Stage) -> tuple[str, tuple[str, ...]]:
+    """What apply would write for `stage` (with the next generation number), and its warnings."""
+    prepared = plan(settings, stage)
+    return prepared.checked_text(StateStore(settings.state_dir).last_generation() + 1), prepared.warnings
+
+
+@dataclass(frozen=True)
+class DryRun:
+    diff: str
+    warnings: tuple[str, ...]
+
+
+def dry_run_diff(settings: Settings, stage: Stage) -> DryRun:
+    """A unified diff of the live file against what apply would write. Touches nothing."""
+    prepared = plan(settings, stage)
+    live = settings.nginx.live_file
+    store = StateStore(settings.state_dir)
+    state = store.read_state_or_none()
+    old = (files.read_bytes(live) or b"").decode("utf-8", errors="replace")
+    if state is not None and prepared.text(state.generation) == old:
+        return DryRun(f"already live: generation {state.generation} (v2 {stage.describe()}); nothing would change\n",
+                      prepared.warnings)
+    new = prepared.checked_text(store.last_generation() + 1)
+    diff = "".join(
+        difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"{live} (live)", f"{live} (apply {stage.describe()})")
+    )
+    return DryRun(diff or "no difference\n", prepared.warnings)

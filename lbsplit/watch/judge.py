@@ -1,0 +1,219 @@
+"""The judge: metrics in, a structured verdict out. Pure: no I/O, no clock, no network.
+
+The watchdog's runner and the promotion gate both call it; neither compares a
+threshold itself nor reads meaning out of a message string.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..config import HealthSettings, Thresholds
+from ..model import METRICS, RATE_METRICS, NoData, OnBreach, Outcome, Stage
+
+CRON_PERIOD = 60.0
+ENDPOINT = "endpoint"
+LOG = "log"
+THRESHOLD = "threshold"
+BASELINE = "v1"  # compared with v1 in the same window
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One metric compared with its limit: a breach when not `ok`."""
+
+    metric: str
+    value: float
+    limit: float
+    source: str  # ENDPOINT or LOG
+    against: str = THRESHOLD  # THRESHOLD, or BASELINE (the limit is derived from v1's value)
+    ok: bool = True
+
+    def text(self) -> str:
+        where = "log: v2 " if self.source == LOG else ""
+        relation = "<=" if self.ok else ">"
+        basis = " (v1 + margin)" if self.against == BASELINE else ""
+        return f"{where}{self.metric} {self.value:.4g} {relation} {self.limit:.4g}{basis}"
+
+
+@dataclass(frozen=True)
+class Missing:
+    """A metric (or a whole source) the judge could not use, and why."""
+
+    source: str
+    why: str
+    metric: str | None = None
+
+    def text(self) -> str:
+        return f"{self.source}: {self.metric + ' ' if self.metric else ''}{self.why}"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check of v2 against a stage's thresholds."""
+
+    outcome: Outcome
+    readings: tuple[Reading, ...]
+    missing: tuple[Missing, ...]
+    metrics: dict[str, float | None]
+    policy: NoData
+    notes: tuple[str, ...] = ()
+
+    @property
+    def breaches(self) -> tuple[Reading, ...]:
+        return tuple(r for r in self.readings if not r.ok)
+
+    def summary(self) -> str:
+        """The breaches, missing data and notes in one line, for logs and history."""
+        return "; ".join([r.text() for r in self.breaches] + [m.text() for m in self.missing] + list(self.notes))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    consecutive: int
+    revert: bool
+
+
+def usable(metric: str, value: object) -> tuple[float | None, str | None]:
+    """A metric's value when it is a finite number in its valid range, else None and why."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None, "missing" if value is None else f"is not a number ({type(value).__name__})"
+    try:
+        number = float(value)
+    except OverflowError:
+        return None, "is too large to be a measurement"
+    if not math.isfinite(number):
+        return None, f"is not finite ({value})"
+    if number < 0:
+        return None, f"is negative ({number:g})"
+    if metric in RATE_METRICS and number > 1:
+        return None, f"is above 1 ({number:g}); rates are fractions 0..1 (scale it with health.fields)"
+    return number, None
+
+
+def extract(payload: object, fields: dict[str, str]) -> dict[str, object]:
+    """Each metric's raw value by its dotted path, at top level or under "metrics" when the path is the bare name."""
+    out: dict[str, object] = {}
+    for metric, path in fields.items():
+        candidates = [path] if "." in path or path != metric else [path, f"metrics.{path}"]
+        value = None
+        for candidate in candidates:
+            node = payload
+            for part in candidate.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is not None:
+                value = node
+                break
+        out[metric] = value
+    return out
+
+
+def _outcome(breaches: bool, missing: bool, policy: NoData, inconclusive: bool = False) -> Outcome:
+    if breaches or (missing and policy == NoData.FAIL):
+        return Outcome.FAIL
+    if inconclusive:
+        return Outcome.INCONCLUSIVE
+    return Outcome.NO_DATA if missing else Outcome.PASS
+
+
+def evaluate(payload: object, error: str | None, thresholds: Thresholds, fields: dict[str, str],
+             no_data: NoData) -> Check:
+    """Judge one answer of the health endpoint (`error`: why there is none) against the stage's thresholds."""
+    if error is not None:
+        missing = (Missing(ENDPOINT, error),)
+        return Check(_outcome(False, True, no_data), (), missing, {m: None for m in METRICS}, no_data)
+    raw = extract(payload, fields)
+    metrics: dict[str, float | None] = {}
+    readings, missing = [], []
+    for metric in METRICS:
+        value, why = usable(metric, raw.get(metric))
+        metrics[metric] = value
+        if value is None:
+            missing.append(Missing(ENDPOINT, why or "missing", metric))
+            continue
+        limit = thresholds.limit(metric)
+        readings.append(Reading(metric, value, limit, ENDPOINT, ok=value <= limit))
+    breached = any(not r.ok for r in readings)
+    return Check(_outcome(breached, bool(missing), no_data), tuple(readings), tuple(missing), metrics, no_data)
+
+
+def evaluate_log(v1, v2, t: Thresholds, health: HealthSettings, problem: str | None = None) -> Check:
+    """Judge v2 by what nginx saw: absolute thresholds, then against v1 in the same window.
+
+    `v1` and `v2` are per-variant window stats (requests, error_rate, timeout_rate,
+    avg_response_time, p95_response_time).
+    """
+    metrics = {
+        "log_v2_requests": float(v2.requests), "log_v2_error_rate": v2.error_rate,
+        "log_v2_timeout_rate": v2.timeout_rate, "log_v2_avg_response_time": v2.avg_response_time,
+        "log_v2_p95_response_time": v2.p95_response_time, "log_v1_requests": float(v1.requests),
+        "log_v1_error_rate": v1.error_rate, "log_v1_p95_response_time": v1.p95_response_time,
+    }
+    policy = health.no_data
+    if problem or v2.requests < health.min_requests:
+        why = problem or (f"not enough data: {v2.requests} v2 requests in the last {t.window:g}s "
+                          f"(minimum {health.min_requests})")
+        return Check(_outcome(False, True, policy), (), (Missing(LOG, why),), metrics, policy)
+    readings, shared = [], []
+    baseline = v1.requests >= health.min_requests
+    for metric in ("error_rate", "timeout_rate", "avg_response_time"):
+        value, limit = getattr(v2, metric), t.limit(metric)
+        theirs = getattr(v1, metric)
+        if value > limit and baseline and theirs is not None and theirs > limit:
+            shared.append(f"log: v1 fails as badly ({metric} v1 {theirs:g}, v2 {value:g}); not blaming v2")
+            continue
+        readings.append(Reading(metric, value, limit, LOG, ok=value <= limit))
+    if baseline:
+        margin = health.baseline_error_margin
+        limit = v1.error_rate + margin
+        readings.append(Reading("error_rate", v2.error_rate, limit, LOG, BASELINE, ok=v2.error_rate <= limit))
+        factor = health.baseline_latency_factor
+        p2, p1 = v2.p95_response_time, v1.p95_response_time
+        # differences under 50 ms are histogram noise at these sizes, not a regression
+        ok = not (p2 > p1 * factor and p2 - p1 > 0.05)
+        readings.append(Reading("p95_response_time", p2, max(p1 * factor, p1 + 0.05), LOG, BASELINE, ok=ok))
+    breached = any(not r.ok for r in readings)
+    return Check(_outcome(breached, False, policy, inconclusive=bool(shared)), tuple(readings), (), metrics, policy,
+                 tuple(shared))
+
+
+def combine(checks: list[Check]) -> Check:
+    """Either source failing counts; otherwise any that could not judge makes the check not a pass."""
+    if len(checks) == 1:
+        return checks[0]
+    outcomes = [c.outcome for c in checks]
+    for outcome in (Outcome.FAIL, Outcome.INCONCLUSIVE, Outcome.NO_DATA):
+        if outcome in outcomes:
+            break
+    else:
+        outcome = Outcome.PASS
+    metrics: dict = {}
+    for c in checks:
+        metrics.update(c.metrics)
+    return Check(outcome, sum((c.readings for c in checks), ()), sum((c.missing for c in checks), ()), metrics,
+                 checks[0].policy, sum((c.notes for c in checks), ()))
+
+
+def decide(consecutive: int, check: Check, failures_before_revert: int) -> Verdict:
+    """A pass resets the count, a failure adds one, ignored no-data leaves it; N in a row revert."""
+    if check.outcome == Outcome.PASS:
+        return Verdict(0, False)
+    if check.outcome in (Outcome.NO_DATA, Outcome.INCONCLUSIVE):
+        return Verdict(consecutive, False)
+    count = consecutive + 1
+    return Verdict(count, count >= failures_before_revert)
+
+
+def breach_target(current: Stage, stages: tuple[int, ...], on_breach: OnBreach) -> Stage:
+    """Where a breach sends traffic: v2 off, or the configured stage below the current one."""
+    if on_breach == OnBreach.PREVIOUS:
+        lower = [s for s in stages if s < current.hundredths]
+        if lower:
+            return Stage.at(max(lower))
+    return Stage.off()
+
+
+def cron_checks(check_every: float, period: float = CRON_PERIOD) -> int:
+    """How many checks one cron run makes so that it ends before the next one starts."""
+    return max(1, math.ceil(period / check_every))

@@ -1,0 +1,77 @@
+"""The watchdog's memory between runs (watchdog.json) and its Prometheus textfile."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ..config import Thresholds
+from ..model import METRICS
+from ..rollout import files
+
+
+@dataclass
+class WatchdogState:
+    consecutive_failures: int = 0
+    last_check_at: float | None = None
+    last_alert_at: float | None = None
+    reverts_total: int = 0
+    last_outcome: str = ""
+    last_metrics: dict = field(default_factory=dict)
+    log_cursor: dict | None = None  # {"inode": ..., "offset": ...}
+    log_window: dict = field(default_factory=dict)
+    busy_since: float | None = None  # when the watchdog first found the lock held by someone else
+    busy_alerted: bool = False
+
+
+def load_state(path: Path) -> WatchdogState:
+    """The saved state; a missing, torn or foreign file only loses the count, never blocks a check."""
+    try:
+        raw = files.read_bytes(path)
+    except OSError:
+        raw = None
+    if not raw:
+        return WatchdogState()
+    try:
+        data = json.loads(raw)
+        known = {f.name for f in fields(WatchdogState)}
+        state = WatchdogState(**{k: v for k, v in data.items() if k in known})
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        return WatchdogState()
+    if not isinstance(state.consecutive_failures, int) or not isinstance(state.last_metrics, dict):
+        return WatchdogState()
+    return state
+
+
+def save_state(path: Path, state: WatchdogState) -> None:
+    files.atomic_write(path, json.dumps(asdict(state), indent=2) + "\n", mode=0o644)
+
+
+def prometheus_text(percent: float, generation: int, wd: WatchdogState, thresholds: Thresholds | None) -> str:
+    lines = [
+        "# HELP lbsplit_percent Share of users on v2 (0 when v2 is off).",
+        "# TYPE lbsplit_percent gauge",
+        f"lbsplit_percent {percent:g}",
+        "# HELP lbsplit_generation Generation of lbsplit.conf last installed.",
+        "# TYPE lbsplit_generation gauge",
+        f"lbsplit_generation {generation}",
+        "# HELP lbsplit_watchdog_consecutive_failures Failed checks in a row.",
+        "# TYPE lbsplit_watchdog_consecutive_failures gauge",
+        f"lbsplit_watchdog_consecutive_failures {wd.consecutive_failures}",
+        "# HELP lbsplit_reverts_total Reverts made by the watchdog.",
+        "# TYPE lbsplit_reverts_total counter",
+        f"lbsplit_reverts_total {wd.reverts_total}",
+        "# HELP lbsplit_last_check_timestamp_seconds When the watchdog last checked v2.",
+        "# TYPE lbsplit_last_check_timestamp_seconds gauge",
+        f"lbsplit_last_check_timestamp_seconds {wd.last_check_at or 0:.3f}",
+        "# HELP lbsplit_v2_health Last value of each v2 health metric.",
+        "# TYPE lbsplit_v2_health gauge",
+    ]
+    for metric, value in sorted(wd.last_metrics.items()):
+        if value is not None:
+            lines.append(f'lbsplit_v2_health{{metric="{metric}"}} {value:g}')
+    if thresholds is not None:
+        lines += ["# HELP lbsplit_v2_threshold Threshold of each metric at the live stage.", "# TYPE lbsplit_v2_threshold gauge"]
+        lines += [f'lbsplit_v2_threshold{{metric="{m}"}} {thresholds.limit(m):g}' for m in METRICS]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,102 @@
+"""Reading v2's health from its sources and handing the numbers to the judge.
+
+The watchdog, the promotion gate and `report` all measure through here: the health
+endpoint (one probe), and nginx's access log (a window read backwards from its end, or
+the watchdog's incremental read from a saved cursor).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ..config import HealthSettings, Settings, Thresholds
+from ..errors import ConfigError, EnvironmentProblem
+from . import endpoint, judge
+from .logsource import Cursor, VariantStats, Window, read_appended, read_window, variant_of_addr
+
+
+def endpoint_check(health: HealthSettings, thresholds: Thresholds, probe=endpoint.probe) -> judge.Check:
+    """Probe the health endpoint once and judge the answer."""
+    headers = endpoint.auth_headers(health.headers, health.bearer_token_file, health.bearer_token_env)
+    sample = probe(health.url, health.timeout, headers)
+    return judge.evaluate(sample.payload, sample.error, thresholds, dict(health.fields), health.no_data)
+
+
+def window_stats(settings: Settings, health: HealthSettings, seconds: float, now: float) -> dict[str, VariantStats]:
+    """v1's and v2's stats over the last `seconds` of the access log; OSError when it cannot be read."""
+    addrs = variant_of_addr(settings.v1, settings.v2)
+    return read_window(health.access_log, seconds, now, addrs).stats(now - seconds, now)
+
+
+def log_window_check(settings: Settings, health: HealthSettings, thresholds: Thresholds, now: float) -> judge.Check:
+    """The access log's last window (thresholds.window seconds), judged."""
+    try:
+        stats = window_stats(settings, health, thresholds.window, now)
+    except OSError as e:
+        return judge.evaluate_log(VariantStats(), VariantStats(), thresholds, health,
+                                  f"cannot read {health.access_log}: {e.strerror}")
+    return judge.evaluate_log(stats["v1"], stats["v2"], thresholds, health)
+
+
+def check_now(settings: Settings, health: HealthSettings, thresholds: Thresholds, probe=endpoint.probe,
+              clock=time.time, use_log: bool = True) -> judge.Check:
+    """Every configured source, judged and combined (the gate's view of v2 right now)."""
+    checks = []
+    if health.uses_endpoint:
+        checks.append(endpoint_check(health, thresholds, probe))
+    if health.uses_log and use_log:
+        checks.append(log_window_check(settings, health, thresholds, clock()))
+    return judge.combine(checks)
+
+
+@dataclass
+class LogProgress:
+    """The watchdog's place in the access log between runs: the cursor and the window's rows."""
+
+    cursor: dict | None
+    window: dict
+
+
+def incremental_log_check(settings: Settings, health: HealthSettings, thresholds: Thresholds,
+                          progress: LogProgress, now: float) -> tuple[judge.Check, LogProgress]:
+    """Read what nginx appended since `progress` into the window; judge the window."""
+    cursor = Cursor(**progress.cursor) if progress.cursor else None
+    window = Window(progress.window)
+    oldest = now - thresholds.window
+    addrs = variant_of_addr(settings.v1, settings.v2)
+    try:
+        cursor, notes = read_appended(health.access_log, cursor, lambda text: window.add_text(text, addrs, oldest))
+    except FileNotFoundError:
+        return judge.evaluate_log(VariantStats(), VariantStats(), thresholds, health,
+                                  f"{health.access_log} is missing"), progress
+    except OSError as e:
+        return judge.evaluate_log(VariantStats(), VariantStats(), thresholds, health,
+                                  f"cannot read {health.access_log}: {e.strerror}"), progress
+    window.prune(oldest)
+    stats = window.stats(oldest, now)
+    check = judge.evaluate_log(stats["v1"], stats["v2"], thresholds, health)
+    if notes:
+        check = judge.Check(check.outcome, check.readings, check.missing, check.metrics, check.policy,
+                            check.notes + tuple(notes))
+    return check, LogProgress({"inode": cursor.inode, "offset": cursor.offset}, window.to_json())
+
+
+def report(settings: Settings, seconds: float, clock=time.time) -> dict:
+    """`lbsplit report`: v1 and v2 side by side over the last `seconds` of the access log."""
+    health = settings.require_health()
+    if health is None or health.access_log is None:
+        raise ConfigError("health.access_log: not set; add it (and `access_log PATH lbsplit;` in nginx) to use report")
+    now = clock()
+    try:
+        stats = window_stats(settings, health, seconds, now)
+    except OSError as e:
+        raise EnvironmentProblem(f"health.access_log: cannot read {health.access_log}: {e.strerror}") from None
+    variants = {v: st.as_dict() for v, st in sorted(stats.items())}
+    return {
+        "window_seconds": seconds,
+        "log": str(health.access_log),
+        "variants": variants,
+        "not_enough_data": [v for v, row in variants.items() if row["requests"] < health.min_requests],
+        "min_requests": health.min_requests,
+    }

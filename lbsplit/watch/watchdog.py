@@ -1,0 +1,248 @@
+"""The watchdog's runner: probe, clock, ask the judge, act through the transaction.
+
+Probe, clocks, sleep and notify are parameters, so tests neither sleep nor mock HTTP.
+It decides nothing itself: `judge` gives the verdict.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+from ..config import HealthSettings, Settings, Thresholds
+from ..errors import ExitCode, LbsplitError
+from ..model import Outcome
+from ..rollout import files
+from ..rollout.state import StateStore
+from ..rollout.transaction import Transaction, now
+from . import endpoint, judge, sources
+from .memory import WatchdogState, load_state, prometheus_text, save_state
+
+CRON_PERIOD = judge.CRON_PERIOD
+
+
+class Kind:
+    """What one check of a run came to."""
+
+    NOTHING = "nothing"  # v2 is off: nothing to watch
+    BUSY = "busy"  # another command holds the lock
+    CHANGED = "changed"  # the stage changed while probing
+    REVERTED = "reverted"
+    REVERT_FAILED = "revert_failed"
+    STUCK = "stuck"  # the lock has been held for longer than the stage's interval
+
+
+@dataclass
+class RunResult:
+    kind: str  # an Outcome, or one of Kind
+    interval: float = CRON_PERIOD
+    messages: list[str] = field(default_factory=list)
+
+
+class Watchdog:
+    """One watchdog run."""
+
+    def __init__(self, settings: Settings, health: HealthSettings, probe=endpoint.probe, clock=time.time,
+                 sleep=time.sleep, notify=endpoint.post_json, echo=print, monotonic=None, chatty: bool = False):
+        self.settings = settings
+        self.health = health
+        self.probe = probe
+        self.clock = clock  # wall time: timestamps in logs and state
+        # Waits and intervals follow a clock that never jumps back (a test's fake clock is both).
+        self.monotonic = monotonic or (time.monotonic if clock is time.time else clock)
+        self.sleep = sleep
+        self.notify = notify
+        self.echo = echo
+        self.chatty = chatty  # a person at a terminal: say why a run does nothing
+        self.store = StateStore(settings.state_dir)
+        self.state_path = self.store.watchdog_path
+
+    def _log(self, line: str) -> None:
+        """Append to the watchdog log; a log that cannot be written never stops a check or a revert."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock()))
+        data = f"{stamp} {line}\n".encode("utf-8")
+        try:
+            self.health.log.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.health.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            self.echo(f"lbsplit watchdog: cannot write {self.health.log}: {e.strerror}; {line}")
+
+    def _notify(self, event: str, payload: dict) -> str | None:
+        if self.settings.notify is None:
+            return None
+        body = {"event": event, "host": socket.gethostname(), "time": now(), **payload}
+        error = self.notify(self.settings.notify.webhook, body, self.settings.notify.timeout)
+        if error:
+            self._log(f"notify {event}: {error}")
+        return error
+
+    def _measure(self, thresholds: Thresholds) -> tuple[judge.Check, sources.LogProgress | None]:
+        checks, progress = [], None
+        if self.health.uses_endpoint:
+            checks.append(sources.endpoint_check(self.health, thresholds, self.probe))
+        if self.health.uses_log:
+            wd = load_state(self.state_path)
+            log_check, progress = sources.incremental_log_check(
+                self.settings, self.health, thresholds, sources.LogProgress(wd.log_cursor, wd.log_window), self.clock())
+            checks.append(log_check)
+        return judge.combine(checks), progress
+
+    def check_once(self) -> RunResult:
+        """Probe v2 once and act on the verdict; exits quietly when there is nothing to watch."""
+        state = self.store.read_state_or_none()
+        if state is None or not state.v2_enabled:
+            return RunResult(Kind.NOTHING)
+        thresholds = self.health.thresholds_for(state.hundredths)
+        check, progress = self._measure(thresholds)
+
+        lock = files.Lock(self.store.lock_path, 0, "watchdog")
+        if not lock.try_acquire():
+            return self._busy(state, thresholds, lock.holder())
+        try:
+            current = self.store.read_state_or_none()
+            if current is None or current.generation != state.generation:
+                self._log(f"gen={state.generation} check discarded: the stage changed while probing")
+                return RunResult(Kind.CHANGED, thresholds.check_every)
+            return self._act(state, thresholds, check, lock, progress)
+        finally:
+            lock.release()
+
+    def _busy(self, state, thresholds: Thresholds, holder: str) -> RunResult:
+        """The lock is held: fine for a moment, an alarm when it stays held past the stage's interval."""
+        wd = load_state(self.state_path)
+        now_ts = self.clock()
+        if wd.busy_since is None or wd.busy_since > now_ts:
+            wd.busy_since = now_ts
+        held = now_ts - wd.busy_since
+        limit = max(thresholds.check_every, CRON_PERIOD)
+        self._log(f"gen={state.generation} check skipped: {holder} holds the lock ({held:.0f}s)")
+        result = RunResult(Kind.BUSY, thresholds.check_every)
+        if held > limit:
+            message = (f"lbsplit watchdog: ACT NOW: cannot check or revert v2 at {state.stage_text}: the lock has been "
+                       f"held for {held:.0f}s by {holder} (a stopped or hung command?)")
+            self._log(message)
+            if not wd.busy_alerted:
+                self._notify("stuck", {"stage": state.stage_text, "generation": state.generation, "holder": holder,
+                                       "held_seconds": round(held)})
+                wd.busy_alerted = True
+            result = RunResult(Kind.STUCK, thresholds.check_every, [message])
+        self._save(wd)
+        return result
+
+    def _save(self, wd: WatchdogState) -> None:
+        try:
+            save_state(self.state_path, wd)
+        except LbsplitError as e:
+            self._log(f"cannot save watchdog state: {e}")
+
+    def _act(self, state, thresholds: Thresholds, check: judge.Check, lock,
+             progress: sources.LogProgress | None = None) -> RunResult:
+        wd = load_state(self.state_path)
+        wd.busy_since, wd.busy_alerted = None, False
+        if progress is not None:
+            wd.log_cursor, wd.log_window = progress.cursor, progress.window
+        verdict = judge.decide(wd.consecutive_failures, check, self.health.failures_before_revert)
+        wd.consecutive_failures = verdict.consecutive
+        wd.last_check_at = self.clock()
+        wd.last_outcome = str(check.outcome)
+        wd.last_metrics = check.metrics
+        stage = state.stage
+        values = " ".join(f"{m}={'-' if v is None else f'{v:g}'}" for m, v in check.metrics.items())
+        detail = check.summary()
+        self._log(
+            f"gen={state.generation} stage={stage.describe()} check={check.outcome.upper()} "
+            f"consecutive={verdict.consecutive}/{self.health.failures_before_revert} no_data={check.policy} "
+            f"{values}" + (f" [{detail}]" if detail else "")
+        )
+        result = RunResult(check.outcome, thresholds.check_every)
+        if verdict.revert:
+            result = self._revert(state, check, wd, lock)
+        elif check.outcome == Outcome.FAIL:
+            now_ts = self.clock()
+            cooldown_over = wd.last_alert_at is None or now_ts - wd.last_alert_at >= thresholds.alert_cooldown
+            if cooldown_over:
+                wd.last_alert_at = now_ts
+                message = (f"lbsplit watchdog: v2 failed a check at {stage.describe()} "
+                           f"({verdict.consecutive}/{self.health.failures_before_revert} before revert): {detail}")
+                result.messages.append(message)
+                self._notify("alert", {"stage": stage.describe(), "generation": state.generation, "reason": detail,
+                                       "metrics": check.metrics, "consecutive_failures": verdict.consecutive})
+        self._save(wd)
+        self._write_prometheus(wd, thresholds)
+        return result
+
+    def _revert(self, state, check: judge.Check, wd: WatchdogState, lock) -> RunResult:
+        stage = state.stage
+        split_ok = self.settings.split is not None and self.settings.deferred_error is None
+        target = judge.breach_target(stage, self.settings.stages if split_ok else (), self.health.on_breach)
+        reason = (f"watchdog: {self.health.failures_before_revert} failed checks in a row at {stage.describe()}: "
+                  + check.summary())
+        try:
+            command = "watchdog revert" if not target.v2_enabled else f"watchdog step back to {target.percent}"
+            txn = Transaction(self.settings, command, reason, metrics=dict(check.metrics))
+            outcome = txn.run(target, tolerate_repair_failure=True, lock_held=lock)
+        except LbsplitError as e:
+            message = f"lbsplit watchdog: REVERT FAILED at {stage.describe()}: {e}"
+            self._log(message)
+            self._notify("revert_failed", {"stage": stage.describe(), "generation": state.generation, "error": str(e),
+                                           "metrics": check.metrics})
+            return RunResult(Kind.REVERT_FAILED, messages=[message])
+        wd.consecutive_failures = 0
+        wd.reverts_total += 1
+        message = (f"lbsplit watchdog: v2 {stage.describe()} -> {target.describe()} "
+                   f"(generation {outcome.generation}): {reason}")
+        self._log(message)
+        self._notify("revert", {"from": stage.describe(), "to": target.describe(), "generation": outcome.generation,
+                                "reason": reason, "metrics": check.metrics})
+        return RunResult(Kind.REVERTED, messages=[message] + outcome.messages)
+
+    def _write_prometheus(self, wd: WatchdogState, thresholds: Thresholds | None) -> None:
+        if self.health.prometheus_textfile is None:
+            return
+        state = self.store.read_state_or_none()
+        percent = state.hundredths / 100 if state and state.v2_enabled else 0
+        try:
+            files.atomic_write(self.health.prometheus_textfile,
+                               prometheus_text(percent, state.generation if state else 0, wd, thresholds))
+        except LbsplitError as e:
+            self._log(f"cannot write health.prometheus_textfile: {e}")
+
+    def run(self, mode: str = "cron", max_loops: int | None = None) -> int:
+        """cron: the checks one minute holds at the stage's frequency; once: one check; loop: forever."""
+        self.store.ensure()
+        guard = files.Lock(self.store.watchdog_lock_path, 0, "watchdog")
+        if not guard.try_acquire():
+            if self.chatty:
+                self.echo(f"another watchdog is running ({guard.holder()}); leaving it to that one")
+            return ExitCode.OK
+        try:
+            start = self.monotonic()
+            checks = 0
+            while True:
+                result = self.check_once()
+                for message in result.messages:
+                    self.echo(message)
+                if result.kind in (Kind.REVERT_FAILED, Kind.STUCK):
+                    return ExitCode.WATCHDOG_ACT_NOW
+                if result.kind == Kind.REVERTED and mode != "loop":
+                    return ExitCode.WATCHDOG_REVERTED
+                if mode == "once" or (mode == "cron" and result.kind in (Kind.NOTHING, Kind.BUSY)):
+                    return ExitCode.OK
+                checks += 1
+                if max_loops is not None and checks >= max_loops:
+                    return ExitCode.OK
+                if mode == "cron":
+                    next_at = start + checks * result.interval
+                    if next_at >= start + CRON_PERIOD or checks >= judge.cron_checks(result.interval):
+                        return ExitCode.OK
+                else:
+                    next_at = self.monotonic() + (result.interval if result.kind != Kind.NOTHING else CRON_PERIOD)
+                self.sleep(max(0.0, next_at - self.monotonic()))
+        finally:
+            guard.release()
