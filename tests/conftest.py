@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from lbsplit.config import load
 from lbsplit.demo.sandbox import Sandbox, nginx_binary
+from lbsplit.rollout import transaction
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,8 +34,9 @@ def sandbox(tmp_path, nginx_bin):
     """A private nginx on loopback with v1/v2 backends; lbsplit.toml written, lbsplit.conf initialised."""
     sb = Sandbox(tmp_path / "sb", binary=nginx_bin, nginx_dir=REPO / "nginx")
     sb.write_config(whitelist=["test_user_001", "test_user_002", "internal_staff_001"])
-    result = run_cli(sb.config_path, "init")
-    assert result.returncode == 0, result.stderr
+    # `lbsplit init` in-process: the same library call the command makes, without a Python start-up per test
+    # (tests/test_crash.py and the demo run the real command).
+    assert transaction.init(load(sb.config_path)).changed
     sb.backends.start(wait_port=sb.v2_port)
     sb.front.start(wait_port=sb.port)
     yield sb

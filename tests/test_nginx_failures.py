@@ -71,7 +71,7 @@ def test_a_reload_that_does_not_take_effect_is_undone(sandbox):
     busy = blocker.getsockname()[1]
     text = sandbox.config_path.read_text()
     sandbox.config_path.write_text(
-        text.replace(f"127.0.0.1:{sandbox.status_port}", f"127.0.0.1:{busy}").replace("verify_timeout = 20", "verify_timeout = 4")
+        text.replace(f"127.0.0.1:{sandbox.status_port}", f"127.0.0.1:{busy}").replace("verify_timeout = 20", "verify_timeout = 3")
     )
     try:
         result = run_cli(sandbox.config_path, "apply", "30")
@@ -192,8 +192,10 @@ def crash_trial(sb, command: list[str], delay: float, expect_new: bytes) -> str:
     return result.stdout.strip()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trial", range(20))
 def test_kill_9_during_apply_or_revert_leaves_old_or_new_and_is_repaired(sandbox, trial):
+    """Random delays, an extra to tests/test_crash.py's exact failpoint matrix."""
     applied(sandbox, "10")
     delay = 0.1 + (trial // 2) * 0.04  # from python start-up to after the verify
     if trial % 2 == 0:
@@ -219,27 +221,5 @@ def test_200_crash_trials(sandbox):
         kind = said.split(" ")[0]
         outcomes[kind] = outcomes.get(kind, 0) + 1
     print("repair outcomes over 200 trials:", outcomes)
-    assert sum(outcomes.values()) == 200
-
-
-@pytest.mark.parametrize("delay", [0.25, 0.35, 0.45])
-def test_sigterm_during_apply_puts_the_previous_config_back(sandbox, delay):
-    applied(sandbox, "10")
-    old = live_bytes(sandbox)
-    argv = [sys.executable, "-m", "lbsplit", "--config", str(sandbox.config_path), "apply", "30"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(delay)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    s = status(sandbox)
-    print("sigterm after", delay, "s: exit", proc.returncode)
-    if proc.returncode == 130:  # the undo scope ran
-        assert "interrupted by SIGTERM" in err
-        assert live_bytes(sandbox) == old and s["unfinished_transaction"] is None
-        assert s["serving"] and s["percent"] == 10
-    elif proc.returncode == 0:  # the signal came after the transaction had finished
-        assert s["percent"] == 30 and s["serving"]
-    else:  # before the handlers were installed: the default action, as with kill -9
-        assert proc.returncode == -signal.SIGTERM
-        assert run_cli(sandbox.config_path, "repair").returncode == 0
-        assert status(sandbox)["serving"]
+    # delays from 0.05 s to 0.6 s reach before, inside and after the transaction
+    assert outcomes.get("nothing", 0) > 0 and outcomes.get("rolled", 0) > 0 and outcomes.get("finished", 0) > 0, outcomes

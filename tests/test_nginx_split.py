@@ -4,6 +4,7 @@ import json
 
 
 from conftest import run_cli
+from lbsplit.demo.sandbox import pipelined_variants
 
 IDS = [f"user-{i}" for i in range(3000)]
 WHITELIST = ["test_user_001", "test_user_002", "internal_staff_001"]
@@ -16,7 +17,7 @@ def apply(sb, *args):
 
 
 def v2_set(sb, ids=IDS):
-    return {i for i, v in zip(ids, sb.variants(ids)) if v == "v2"}
+    return {i for i, v in zip(ids, pipelined_variants(sb.port, ids)) if v == "v2"}
 
 
 def test_observed_split_per_stage_is_sticky_and_monotonic(sandbox):

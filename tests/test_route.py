@@ -9,7 +9,8 @@ import pytest
 
 from conftest import run_cli
 from lbsplit.nginx.hashing import in_v2_bucket, murmur2, v2_bound
-from lbsplit.model import Stage
+from lbsplit.model import Mode, Stage
+from lbsplit.demo.sandbox import pipelined_variants
 from lbsplit.nginx.dialect import whitelist_ids
 from lbsplit.nginx.route import explain, folded_keys
 from lbsplit.validate import fold_case
@@ -44,8 +45,8 @@ def test_route_agrees_with_nginx_on_10000_ids_at_several_percents(sandbox):
     assert len(ids) == 10_000
     for percent, hundredths in (("1", 100), ("33.33", 3333), ("99.5", 9950)):
         assert run_cli(sandbox.config_path, "apply", percent).returncode == 0
-        observed = sandbox.variants(ids)
-        predicted = [explain(i, Stage.at(hundredths), "hash", set(), None).variant for i in ids]
+        observed = pipelined_variants(sandbox.port, ids)
+        predicted = [explain(i, Stage.at(hundredths), Mode.HASH, set(), None).variant for i in ids]
         mismatches = [(i, o, p) for i, o, p in zip(ids, observed, predicted) if o != p]
         assert mismatches == [], f"{len(mismatches)} mismatches at {percent}%, e.g. {mismatches[:3]}"
 

@@ -56,7 +56,7 @@ def test_upstream_timeouts_count_as_timeouts(sandbox):
     try:
         configure(sandbox, slow.port, extra="failures_before_revert = 1\n")
         assert run_cli(sandbox.config_path, "apply", "100").returncode == 0
-        variants = traffic(sandbox, 120, threads=12)
+        variants = traffic(sandbox, 120, threads=60)  # every slow request in flight at once
         assert variants.count("v2") == 90  # the rest got nginx's 504 page
         result = run_cli(sandbox.config_path, "watchdog", "--once")
         assert result.returncode == EXIT_REVERTED

@@ -135,3 +135,48 @@ def test_a_damaged_watchdog_state_only_loses_the_count(tmp_path):
     for raw in (b"", b"{", b"[1, 2]", b'{"consecutive_failures": "x"}', b'{"unknown": 1}', b"[" * 100000):
         path.write_bytes(raw)
         assert load_state(path).consecutive_failures == 0
+
+
+# ---- the runner in-process: a written state, a fake probe, no nginx (these sequences never revert)
+def runner(tmp_path, answers, no_data="fail"):
+    """A Watchdog over a state at 10% whose probe returns `answers` in turn."""
+    from lbsplit.config import load
+    from lbsplit.rollout.state import State, StateStore
+    from lbsplit.watch.endpoint import Sample
+    from lbsplit.watch.watchdog import Watchdog
+
+    config = tmp_path / "lbsplit.toml"
+    config.write_text(f'state_dir = "state"\n[upstreams]\nv1 = ["127.0.0.1:1"]\nv2 = ["127.0.0.1:2"]\n'
+                      f'[health]\nurl = "http://127.0.0.1:1/h"\nno_data = "{no_data}"\n')
+    settings = load(config)
+    store = StateStore(settings.state_dir)
+    store.ensure()
+    store.write_state(State(generation=2, v2_enabled=True, hundredths=1000, mode="hash", applied_at="t",
+                            applied_by="u", command="apply 10", sha256="x", reloaded=True))
+    queue = list(answers)
+
+    def probe(url, timeout, headers):
+        payload, error = queue.pop(0)
+        return Sample(0.0, payload, error)
+
+    return Watchdog(settings, settings.health, probe=probe, notify=lambda *a: None, echo=lambda m: None), store
+
+
+def test_a_passing_check_resets_the_count(tmp_path):
+    down, up = (None, "HTTP 500"), (HEALTHY, None)
+    wd, store = runner(tmp_path, [down, down, up, down, down])
+    counts = []
+    for _ in range(5):
+        assert wd.run("once") == 0
+        counts.append(load_state(store.watchdog_path).consecutive_failures)
+    assert counts == [1, 2, 0, 1, 2]
+    assert store.read_state().v2_enabled
+
+
+def test_unreachable_endpoint_under_no_data_ignore_never_counts(tmp_path):
+    wd, store = runner(tmp_path, [(None, "connection refused")] * 3, no_data="ignore")
+    assert [wd.run("once") for _ in range(3)] == [0, 0, 0]
+    saved = load_state(store.watchdog_path)
+    assert saved.consecutive_failures == 0 and saved.last_outcome == Outcome.NO_DATA
+    log = (store.dir / "watchdog.log").read_text()
+    assert log.count("check=NO_DATA") == 3 and "no_data=ignore" in log and "connection refused" in log

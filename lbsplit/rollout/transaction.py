@@ -363,10 +363,10 @@ class Transaction:
                           previous_sha256=sha256(previous) if previous is not None else None)
         signals.touched = True
         self.store.begin(journal)
-        failpoint("after-journal")
-        files.ensure_dir(self.live.parent)
         reloaded = False
         try:
+            failpoint("after-journal")
+            files.ensure_dir(self.live.parent)
             files.atomic_write(self.live, data)
             failpoint("after-swap")
             self._test_or_undo(previous)
