@@ -376,6 +376,8 @@ def main() -> int:
                 continue
             log(f"== {name}")
             run(Path(tmp))
+            RESULTS.setdefault("measured", {})[name] = {"date": time.strftime("%Y-%m-%d %H:%M"), "quick": q,
+                                                         "cores": os.cpu_count()}
             Path(args.json).write_text(json.dumps(RESULTS, indent=2) + "\n")  # keep what is done if a later part fails
     RESULTS["machine"] = machine()
     RESULTS["quick"] = q

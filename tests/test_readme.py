@@ -1,0 +1,47 @@
+"""The README is the manual: every config key, command and exit code is documented there."""
+
+import re
+from pathlib import Path
+
+import click
+
+from lbsplit.cli import main
+from lbsplit.config import SCHEMA
+from lbsplit.errors import ExitCode
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def keys(schema: dict, prefix: str = ""):
+    for name, kind in schema.items():
+        yield prefix + name, name
+        if isinstance(kind, dict):
+            yield from keys(kind, f"{prefix}{name}.")
+        elif isinstance(kind, list):
+            yield from keys(kind[0], f"{prefix}{name}.")
+
+
+def test_every_config_key_is_documented():
+    # a key counts as documented when it appears as `key = ` in a toml block or as `key` in the text
+    missing = [full for full, name in keys(SCHEMA)
+               if not re.search(rf"(^|\s|\[|`|\.){re.escape(name)}(\s*=|`|\])", README, re.MULTILINE)]
+    assert missing == []
+
+
+def test_every_command_is_in_the_commands_table():
+    table = README[README.index("## Commands"):README.index("### What `apply` and `revert` do")]
+    missing = [name for name in main.commands if f"`lbsplit {name}" not in table]
+    assert missing == []
+
+
+def test_every_exit_code_is_in_the_exit_code_table():
+    table = README[README.index("## Exit codes"):README.index("## What lbsplit guarantees")]
+    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", table, re.MULTILINE)}
+    used = {v for k, v in vars(ExitCode).items() if not k.startswith("_")}
+    assert used == documented
+
+
+def test_every_command_has_help_with_an_example():
+    for name, command in main.commands.items():
+        text = command.get_help(click.Context(command, info_name=name))
+        assert "Example" in text or "example" in text, name
