@@ -31,6 +31,13 @@ class Context:
     def settings(self, for_revert: bool = False) -> Settings:
         return load(self.config_path, for_revert=for_revert)
 
+    def settings_for_revert(self) -> Settings:
+        """The config as a revert reads it: problems outside what a revert needs are warnings."""
+        settings = load(self.config_path, for_revert=True)
+        for warning in settings.warnings:
+            click.echo(f"lbsplit: warning: ignored for this revert: {warning}", err=True)
+        return settings
+
 
 def run(fn):
     """Call the library; expected failures become one message and the error's exit code."""
@@ -161,7 +168,7 @@ def watchdog(obj: Context, mode: str | None) -> None:
     """
 
     def go():
-        settings = obj.settings(for_revert=True)
+        settings = obj.settings_for_revert()
         health = settings.require_health()
         if health is None:
             raise ConfigError("health: no [health] section; add one (url = v2's health endpoint) to use the watchdog")
@@ -180,7 +187,7 @@ def revert(obj: Context, reason: str) -> None:
     Needs only nginx: no health endpoint, no network, not even a valid [split] section.
     Example: lbsplit revert --reason "error rate 7%"
     """
-    run(lambda: echo_outcome(transaction.revert(obj.settings(for_revert=True), reason)))
+    run(lambda: echo_outcome(transaction.revert(obj.settings_for_revert(), reason)))
 
 
 @main.command(context_settings=PERCENT_ARG)
@@ -244,6 +251,9 @@ def status_lines(s: dict) -> list[str]:
         lines.append(f"serving:     yes, nginx answers generation {s['serving_generation']}")
     else:
         lines.append(f"serving:     NO, nginx answers {json.dumps(s['serving_answer'])}")
+        if s["served_owner"] not in (None, s["owner"]):
+            lines.append(f"owner:       nginx serves the file of another lbsplit config (owner {s['served_owner']}, "
+                         f"this one is {s['owner']}); two configs share one output_dir")
     if s["unfinished_transaction"]:
         lines.append(f"unfinished:  `{s['unfinished_transaction']}` was interrupted; run `lbsplit repair`")
     if s["in_progress"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from .model import (
     DEFAULT_MODE,
     DEFAULT_STATUS_LISTEN,
     METRICS,
+    RATE_METRICS,
     Mode,
     NoData,
     OnBreach,
@@ -22,7 +24,7 @@ from .model import (
     Source,
     parse_percent,
 )
-from .validate import check_variable, parse_server
+from .validate import check_variable, header_problem, is_port, parse_server, redact
 
 DEFAULT_CONFIG = "lbsplit.toml"
 ENV_CONFIG = "LBSPLIT_CONFIG"
@@ -139,6 +141,7 @@ class Settings:
     v2: tuple[Server, ...] | None  # None: unusable, only `revert` may run
     split: SplitSettings | None  # None: unusable, only `revert` may run
     deferred_error: ConfigError | None = field(default=None, compare=False)
+    warnings: tuple[str, ...] = field(default=(), compare=False)  # problems a revert ignored
     stages: tuple[int, ...] = ()
     health: HealthSettings | None = None
     notify: NotifySettings | None = None
@@ -265,6 +268,9 @@ def _load_split(base: Path, table: dict, raw_v2: object) -> tuple[tuple[Server, 
     mode = _choice(table.get("mode", DEFAULT_MODE), Mode, "split.mode", "(hash: sticky per user; weight: per request)")
     key = check_variable(table.get("key", DEFAULT_KEY), "split.key")
     fallback = check_variable(table.get("fallback_key", DEFAULT_FALLBACK_KEY), "split.fallback_key")
+    if fallback.lower() == key.lower():
+        raise ConfigError(f"split.fallback_key: {fallback} is the key itself; requests without an id would all hash "
+                          f"the empty string onto v2's side. Use a variable every request has, e.g. {DEFAULT_FALLBACK_KEY}")
     whitelist = table.get("whitelist", [])
     for i, item in enumerate(whitelist):
         if not isinstance(item, str):
@@ -280,7 +286,7 @@ def _load_split(base: Path, table: dict, raw_v2: object) -> tuple[tuple[Server, 
 
 def _status_listen(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not sep or not is_port(port):
         raise ConfigError(f"nginx.status_listen: {value!r} must be address:port, e.g. {DEFAULT_STATUS_LISTEN}")
     if not (host.startswith("127.") and host.replace(".", "").isdigit()) and host not in ("[::1]", "localhost"):
         raise ConfigError(
@@ -289,8 +295,32 @@ def _status_listen(value: str) -> str:
     return value
 
 
+# What a revert needs; every other part of the config may be broken and a revert still runs.
+ESSENTIAL = ("state_dir", "lock_timeout", "nginx")
+
+
+def _defer(errors: list, what: str, fn, for_revert: bool, default):
+    """fn(), or (for a revert) the default with the error kept, whatever shape the broken value has."""
+    try:
+        return fn()
+    except ConfigError as e:
+        if not for_revert:
+            raise
+        errors.append(e)
+    except (TypeError, ValueError, AttributeError, KeyError):
+        if not for_revert:
+            raise ConfigError(f"{what}: has the wrong shape; see the README's config reference") from None
+        errors.append(ConfigError(f"{what}: has the wrong shape; see the README's config reference"))
+    return default
+
+
 def load(path: Path, for_revert: bool = False) -> Settings:
-    """Read and validate the config; with for_revert, a broken [split] or v2 does not stop a revert."""
+    """Read and validate the config.
+
+    With for_revert, only what a revert needs must be valid (state_dir, lock_timeout,
+    [nginx], upstreams.v1); errors anywhere else are kept as warnings, and the parts they
+    touch are unusable (apply refuses; revert proceeds).
+    """
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -305,7 +335,19 @@ def load(path: Path, for_revert: bool = False) -> Settings:
         raise ConfigError(f"config: {path} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config: {path} is not valid TOML: {e}") from None
-    _check_keys(data, SCHEMA, "")
+    _check_keys({k: v for k, v in data.items() if k in ESSENTIAL}, {k: SCHEMA[k] for k in ESSENTIAL}, "")
+    upstreams = data.get("upstreams", {})
+    if not isinstance(upstreams, dict):
+        raise ConfigError("upstreams: expected a table [upstreams] with v1 = [...] and v2 = [...]")
+    if "v1" not in upstreams:
+        raise ConfigError("upstreams.v1: missing; list v1's servers, e.g. v1 = [\"10.0.0.1:8080\"]")
+    if not isinstance(upstreams["v1"], list):
+        raise ConfigError(f"upstreams.v1: expected a list of servers, got {upstreams['v1']!r}")
+    broken: dict[str, list[ConfigError]] = {}  # top-level key -> the problems a revert tolerates in it
+    for key, value in data.items():
+        if key not in ESSENTIAL:
+            _defer(broken.setdefault(key, []), key, lambda: _check_keys({key: value}, SCHEMA, ""), for_revert, None)
+    broken = {key: found for key, found in broken.items() if found}
 
     base = path.resolve().parent
     nginx_table = data.get("nginx", {})
@@ -315,9 +357,7 @@ def load(path: Path, for_revert: bool = False) -> Settings:
     binary = nginx_table.get("binary", "nginx")
     if "/" in binary:
         binary = str(_path(base, binary))
-    verify_timeout = float(nginx_table.get("verify_timeout", 30))
-    if not 0 < verify_timeout <= 600:
-        raise ConfigError("nginx.verify_timeout: give seconds between 0 and 600")
+    verify_timeout = _seconds(nginx_table.get("verify_timeout", 30), "nginx.verify_timeout", 0, 600)
     nginx = NginxSettings(
         binary=binary,
         conf=_path(base, nginx_table.get("conf", "/etc/nginx/nginx.conf")),
@@ -328,37 +368,26 @@ def load(path: Path, for_revert: bool = False) -> Settings:
         verify_timeout=verify_timeout,
         pid_file=_path(base, nginx_table.get("pid_file")),
     )
-    lock_timeout = float(data.get("lock_timeout", 30))
-    if not 0 <= lock_timeout <= 3600:
-        raise ConfigError("lock_timeout: give seconds between 0 and 3600")
-
+    lock_timeout = _seconds(data.get("lock_timeout", 30), "lock_timeout", 0, 3600, zero_ok=True)
     state_dir = _path(base, data.get("state_dir", "/var/lib/lbsplit"))
-    upstreams = data.get("upstreams", {})
-    if "v1" not in upstreams:
-        raise ConfigError("upstreams.v1: missing; list v1's servers, e.g. v1 = [\"10.0.0.1:8080\"]")
     v1 = _servers(upstreams["v1"], "upstreams.v1")
 
-    v2: tuple[Server, ...] | None = None
-    split: SplitSettings | None = None
-    deferred: ConfigError | None = None
-    try:
-        v2, split = _load_split(base, data.get("split", {}), upstreams.get("v2"))
-    except ConfigError as e:
-        if not for_revert:
-            raise
-        deferred = e
-    stages: tuple[int, ...] = ()
-    health: HealthSettings | None = None
-    notify: NotifySettings | None = None
-    health_error: ConfigError | None = None
-    try:
-        stages = _stages(data.get("stages", []))
-        health = _health(base, data["health"], state_dir) if "health" in data else None
-        notify = _notify(data["notify"]) if "notify" in data else None
-    except ConfigError as e:
-        if not for_revert:
-            raise
-        health_error = e
+    split_errors = broken.get("split", []) + broken.get("upstreams", [])
+    v2, split = None, None
+    if not split_errors:
+        v2, split = _defer(split_errors, "split", lambda: _load_split(base, data.get("split", {}), upstreams.get("v2")),
+                           for_revert, (None, None))
+    other_errors = [e for key, found in broken.items() if key not in ("split", "upstreams", "health") for e in found]
+    stages = () if "stages" in broken else _defer(other_errors, "stages", lambda: _stages(data.get("stages", [])),
+                                                  for_revert, ())
+    health_errors = list(broken.get("health", []))
+    health = None
+    if "health" in data and not health_errors:
+        health = _defer(health_errors, "health", lambda: _health(base, data["health"], state_dir), for_revert, None)
+    notify = None
+    if "notify" in data and "notify" not in broken:
+        notify = _defer(other_errors, "notify", lambda: _notify(data["notify"]), for_revert, None)
+    warnings = tuple(dict.fromkeys(str(e) for e in split_errors + health_errors + other_errors))
     return Settings(
         path=path,
         stages=stages,
@@ -370,9 +399,18 @@ def load(path: Path, for_revert: bool = False) -> Settings:
         v1=v1,
         v2=v2,
         split=split,
-        deferred_error=deferred,
-        health_error=health_error,
+        deferred_error=split_errors[0] if split_errors else None,
+        health_error=health_errors[0] if health_errors else None,
+        warnings=warnings,
     )
+
+
+def _seconds(value: object, field_name: str, low: float, high: float, zero_ok: bool = False) -> float:
+    """A number of seconds within (low, high] (or [0, high] with zero_ok)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not (low <= value if zero_ok else low < value) or value > high:
+        raise ConfigError(f"{field_name}: {value!r} is out of range; give seconds between {low:g} and {high:g}")
+    return float(value)
 
 
 def _choice(value: str, allowed, field_name: str, meaning: str = ""):
@@ -385,8 +423,8 @@ def _choice(value: str, allowed, field_name: str, meaning: str = ""):
 
 
 def _http_url(value: str, field_name: str) -> str:
-    if not (value.startswith("http://") or value.startswith("https://")) or any(c.isspace() for c in value):
-        raise ConfigError(f"{field_name}: {value!r} must be an http:// or https:// URL")
+    if not (value.startswith("http://") or value.startswith("https://")) or any(c.isspace() or ord(c) < 32 for c in value):
+        raise ConfigError(f"{field_name}: {redact(value)!r} must be an http:// or https:// URL")
     return value
 
 
@@ -411,8 +449,12 @@ def _thresholds(rows: list) -> tuple[Thresholds, ...]:
         values = {}
         for key in (*METRICS, *THRESHOLD_TIMING):
             value = float(row.get(key, getattr(base, key)))
-            if value < 0 or (key in ("check_every", "window") and not 1 <= value <= 3600):
-                raise ConfigError(f"{name}.{key}: {value:g} is out of range")
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{name}.{key}: {value:g} is not a usable limit; give a finite number >= 0")
+            if key in RATE_METRICS and value > 1:
+                raise ConfigError(f"{name}.{key}: {value:g} is above 1; rates are fractions, e.g. 0.05 for 5%")
+            if key in ("check_every", "window") and not 1 <= value <= 3600:
+                raise ConfigError(f"{name}.{key}: {value:g} is out of range; give seconds from 1 to 3600")
             values[key] = value
         out.append(Thresholds(up_to_hundredths=up_to, **values))
     if [r.up_to_hundredths for r in out] != sorted({r.up_to_hundredths for r in out}):
@@ -434,6 +476,8 @@ def _health(base: Path, table: dict, state_dir: Path) -> HealthSettings:
         raise ConfigError("health.min_requests: give a whole number of requests from 1 up")
     margin = float(table.get("baseline_error_margin", 0.02))
     factor = float(table.get("baseline_latency_factor", 1.5))
+    if not math.isfinite(factor):
+        raise ConfigError("health.baseline_latency_factor: give a finite factor of at least 1, e.g. 1.5")
     if not 0 <= margin <= 1:
         raise ConfigError("health.baseline_error_margin: give a fraction, e.g. 0.02 for 2 points")
     if factor < 1:
@@ -454,7 +498,7 @@ def _health(base: Path, table: dict, state_dir: Path) -> HealthSettings:
     return HealthSettings(
         url=_http_url(table["url"], "health.url") if "url" in table else "",
         timeout=timeout,
-        headers=tuple(sorted(table.get("headers", {}).items())),
+        headers=_headers(table.get("headers", {})),
         bearer_token_file=_path(base, table.get("bearer_token_file")),
         bearer_token_env=table.get("bearer_token_env") or None,
         fields=tuple(sorted(fields.items())),
@@ -470,6 +514,14 @@ def _health(base: Path, table: dict, state_dir: Path) -> HealthSettings:
         baseline_error_margin=margin,
         baseline_latency_factor=factor,
     )
+
+
+def _headers(table: dict) -> tuple[tuple[str, str], ...]:
+    for name, value in table.items():
+        problem = header_problem(name, value)
+        if problem:
+            raise ConfigError(f"health.headers.{name}: {problem}; give one line of printable text")
+    return tuple(sorted(table.items()))
 
 
 def _notify(table: dict) -> NotifySettings:

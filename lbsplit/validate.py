@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError
 from .model import Server
 
-_VARIABLE_RE = re.compile(r"^\$[A-Za-z_][A-Za-z0-9_]*$")
+_VARIABLE_RE = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*")
+# Variables nginx sets for every request: safe fallbacks for a missing user id.
+ALWAYS_SET = ("$remote_addr", "$binary_remote_addr", "$realip_remote_addr")
 _HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
 )
 _UNIX_PATH_RE = re.compile(r"^/[A-Za-z0-9_./+@-]*$")
-_TIME_RE = re.compile(r"^\d{1,9}(ms|s|m|h|d)?$")
+_TIME_RE = re.compile(r"[0-9]{1,9}(ms|s|m|h|d)?")
+_DIGITS_RE = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also accepts "²" and full-width digits
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 MAX_ID_BYTES = 255
 MAX_WEIGHT = 1_000_000
@@ -22,7 +26,7 @@ MAX_WEIGHT = 1_000_000
 
 def check_variable(text: object, field: str) -> str:
     """Accept one plain nginx variable such as $http_x_user_id."""
-    if not isinstance(text, str) or not _VARIABLE_RE.match(text):
+    if not isinstance(text, str) or not _VARIABLE_RE.fullmatch(text):
         raise ConfigError(
             f"{field}: {text!r} is not an nginx variable; write one variable such as "
             "$http_x_user_id, $cookie_uid or $arg_user_id"
@@ -30,6 +34,28 @@ def check_variable(text: object, field: str) -> str:
     if text.lower().startswith("$lbsplit_"):
         raise ConfigError(f"{field}: {text} is one of lbsplit's own variables; use the variable that holds the user id")
     return text
+
+
+def is_port(text: str) -> bool:
+    """ASCII digits forming a port number from 1 to 65535."""
+    return bool(_DIGITS_RE.fullmatch(text)) and 1 <= int(text) <= 65535
+
+
+def fallback_warning(variable: str) -> str | None:
+    """A warning when the fallback key may be empty too (then id-less requests all hash to v2's side)."""
+    if variable.lower() in ALWAYS_SET:
+        return None
+    return (f"split.fallback_key: {variable} can be empty; requests with neither an id nor {variable} all hash the "
+            f"empty string, which is on v2's side at every percentage. {ALWAYS_SET[0]} is always set")
+
+
+def header_problem(name: str, value: str) -> str | None:
+    """Why a configured HTTP header cannot be sent, or None."""
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+        return f"{name!r} is not a header name"
+    if _CONTROL_RE.search(value.replace("\t", "")):
+        return "the value contains a line break or control character"
+    return None
 
 
 def _check_address(address: str, field: str) -> str:
@@ -56,13 +82,13 @@ def _check_address(address: str, field: str) -> str:
             raise ConfigError(
                 f"{field}: {host!r} is not a host name or IPv4 address; write host:port, e.g. 10.0.0.1:8080"
             )
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not is_port(port):
         raise ConfigError(f"{field}: port {port!r} of {address!r} must be a number from 1 to 65535")
     return address
 
 
 def _positive(value: str, name: str, field: str, minimum: int, maximum: int) -> int:
-    if not value.isdigit() or not minimum <= int(value) <= maximum:
+    if not _DIGITS_RE.fullmatch(value) or not minimum <= int(value) <= maximum:
         raise ConfigError(f"{field}: {name}={value!r} must be a whole number from {minimum} to {maximum}")
     return int(value)
 
@@ -90,7 +116,7 @@ def parse_server(text: object, field: str) -> Server:
             elif name == "max_conns":
                 kwargs["max_conns"] = _positive(value, name, field, 0, 10_000_000)
             elif name == "fail_timeout":
-                if not _TIME_RE.match(value):
+                if not _TIME_RE.fullmatch(value):
                     raise ConfigError(f"{field}: fail_timeout={value!r} must be a time such as 10s or 500ms")
                 kwargs["fail_timeout"] = value
             else:
@@ -132,3 +158,12 @@ def whitelist_id_problem(user_id: str) -> str | None:
 def fold_case(user_id: str) -> bytes:
     """The form nginx's map compares keys in: UTF-8 bytes with ASCII letters lowercased."""
     return user_id.encode("utf-8").lower()
+
+
+def redact(url: str) -> str:
+    """The URL without user:password, for messages and logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))

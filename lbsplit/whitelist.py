@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,14 +78,37 @@ def parse(entries: list[Entry]) -> Whitelist:
     return Whitelist(ids=tuple(ids), warnings=tuple(warnings))
 
 
+MAX_FILE_BYTES = 256 << 20  # 1M UUIDs take 37 MiB
+
+
+def _read_capped(path: Path) -> bytes:
+    """The file's bytes: a regular, world-readable file of at most MAX_FILE_BYTES, or a ConfigError."""
+    field = "split.whitelist_file"
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ConfigError(f"{field}: {path} does not exist; create it or remove the setting") from None
+    except OSError as e:
+        raise ConfigError(f"{field}: cannot read {path}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{field}: {path} is not a regular file; give a text file with one id per line")
+        if not st.st_mode & stat.S_IROTH:
+            raise ConfigError(f"{field}: {path} is not world-readable, but its ids are published in lbsplit.conf "
+                              "(mode 0644); make it readable (chmod o+r) if that is intended, or use another file")
+        raw = f.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{field}: {path} is larger than {MAX_FILE_BYTES >> 20} MiB; lbsplit reads at most that")
+    return raw
+
+
 def read_file(path: Path) -> list[Entry]:
     """Entries of a whitelist file: one id per line, blank lines and # comments ignored."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"split.whitelist_file: {path} does not exist; create it or remove the setting") from None
-    except OSError as e:
-        raise ConfigError(f"split.whitelist_file: cannot read {path}: {e.strerror}") from None
+    raw = _read_capped(path)
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # a UTF-8 byte-order mark (Windows editors) is not part of the first id
     if b"\0" in raw:
         raise ConfigError(f"split.whitelist_file: {path} looks binary (it contains NUL bytes); give a text file")
     try:

@@ -68,6 +68,7 @@ class RenderInput:
     v2: tuple[Server, ...]
     whitelist: tuple[str, ...]
     status_listen: str
+    owner: str = "-"  # the state_dir that manages the file (rollout.state.StateStore.owner)
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,7 @@ def render(inp: RenderInput) -> str:
         status_percent=stage.percent if on else "null",
         v2_json="true" if on else "false",
         log_format="\\t".join(LOG_FIELDS),
+        owner=inp.owner,
         status_path=STATUS_PATH,
     )
 
@@ -296,6 +298,15 @@ def whitelist_ids(text: str) -> list[str]:
         if match:
             ids.append(re.sub(r"\\(.)", r"\1", match.group(1)))
     return ids
+
+
+_OWNER_LINE = re.compile(r"^# Owner: (\S+) ", re.MULTILINE)
+
+
+def owner_of(text: str) -> str | None:
+    """The owner a rendered lbsplit.conf names, or None (a file from before owners were written)."""
+    match = _OWNER_LINE.search(text[:2000])
+    return match.group(1) if match else None
 
 
 def parse_status(body: bytes) -> dict | None:

@@ -12,6 +12,7 @@ import re
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import NginxSettings
@@ -32,6 +33,80 @@ def _run(argv: list[str], what: str) -> subprocess.CompletedProcess:
         raise EnvironmentProblem(f"{what}: {argv[0]!r} is not executable by this user") from None
     except subprocess.TimeoutExpired:
         raise EnvironmentProblem(f"{what}: {' '.join(argv)} did not finish in {COMMAND_TIMEOUT}s") from None
+
+
+@dataclass(frozen=True)
+class Dump:
+    files: tuple[str, ...]
+    listens: tuple[tuple[str, str], ...]  # (file, the listen directive's address)
+
+    def includes(self, path: Path) -> bool:
+        return any(_same_path(Path(f), path) or f == str(path) for f in self.files)
+
+    def clashes(self, address: str, own_file: Path) -> list[str]:
+        """Listen directives outside `own_file` that take the same address:port, as "file: listen X"."""
+        host, _, port = address.rpartition(":")
+        found = []
+        for file, listen in self.listens:
+            if _same_path(Path(file), own_file) or listen.startswith("unix:"):
+                continue
+            their_host, sep, their_port = listen.rpartition(":")
+            if not sep:
+                their_host, their_port = "*", listen
+            if their_port != port:
+                continue
+            if their_host in ("*", "0.0.0.0") and not host.startswith("[") or their_host == host \
+                    or {their_host, host} <= {"localhost", "127.0.0.1"}:
+                found.append(f"{file}: listen {listen}")
+        return found
+
+
+_FILE_LINE = re.compile(r"^# configuration file (.+):$")
+_LISTEN = re.compile(r"(?:^|[\s;{])listen\s+([^\s;]+)")
+
+
+def parse_dump(text: str) -> Dump:
+    """The files and listen addresses of `nginx -T` output."""
+    files, listens, current = [], [], ""
+    for line in text.splitlines():
+        match = _FILE_LINE.match(line)
+        if match:
+            current = match.group(1)
+            files.append(current)
+            continue
+        code = line.split("#", 1)[0]
+        if "listen" in code:
+            listens.extend((current, m.group(1)) for m in _LISTEN.finditer(code))
+    return Dump(tuple(files), tuple(listens))
+
+
+def _option_values(args: list[str]) -> dict[str, str]:
+    """-c/-p values of nginx's command line ("-c FILE" or "-cFILE")."""
+    found = {}
+    for i, arg in enumerate(args):
+        for flag in ("c", "p"):
+            if arg == f"-{flag}" and i + 1 < len(args):
+                found[flag] = args[i + 1]
+            elif arg.startswith(f"-{flag}") and len(arg) > 2 and not arg.startswith(("-c ", "-p ")):
+                found[flag] = arg[2:]
+    return found
+
+
+def _same_path(a: Path, b: Path) -> bool | None:
+    """Do two paths name the same file or folder? None when that cannot be told."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return None if not (a.is_absolute() and b.is_absolute()) else os.path.normpath(a) == os.path.normpath(b)
+
+
+def parent_pid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    return int(fields[1]) if len(fields) > 1 else None
 
 
 def is_master(pid: int) -> bool:
@@ -91,6 +166,13 @@ class Nginx:
             result = _run([self.settings.binary, "-p", str(root), "-c", str(root / "nginx.conf"), "-t", "-q"], "nginx -t")
         return None if result.returncode == 0 else _clean(result.stderr).replace(str(root) + "/", "")
 
+    def dump(self) -> "Dump | None":
+        """`nginx -T`: the files the whole config includes and their listen addresses; None if it fails."""
+        result = _run(self.settings.base_argv() + ["-T"], "nginx -T")
+        if result.returncode != 0:
+            return None
+        return parse_dump(result.stdout)
+
     def reload(self) -> None:
         """Ask the master to reload. It returns at once; the switch happens later (see wait_serving)."""
         argv = list(self.settings.reload_command) or self.settings.base_argv() + ["-s", "reload"]
@@ -100,10 +182,10 @@ class Nginx:
 
     # what is running
     def compiled_defaults(self) -> dict[str, str]:
-        """--prefix and --pid-path from `nginx -V`."""
+        """--prefix, --conf-path and --pid-path from `nginx -V`."""
         if self._compiled is None:
             result = _run([self.settings.binary, "-V"], "nginx -V")
-            self._compiled = dict(re.findall(r"--(prefix|pid-path)=(\S+)", result.stderr))
+            self._compiled = dict(re.findall(r"--(prefix|pid-path|conf-path)=(\S+)", result.stderr))
         return self._compiled
 
     def pid_file(self) -> Path:
@@ -131,12 +213,55 @@ class Nginx:
         return default if default.is_absolute() else prefix / default
 
     def master_pid(self) -> int | None:
-        """The running master's pid, or None when nginx is not running (no or stale pid file)."""
+        """This nginx's running master, or None when it is not running.
+
+        The pid file decides only when it names a master started with this config. When
+        it is missing, stale, or names another nginx, the status page decides: if it
+        answers, nginx runs, and its worker's parent is the master; if that parent is no
+        master of this config (orphaned workers, say), lbsplit fails loudly rather than
+        saying "not running" while nginx serves.
+        """
+        pid_file = self.pid_file()
         try:
-            pid = int(self.pid_file().read_text().strip())
+            pid = int(pid_file.read_text().strip())
         except (OSError, ValueError):
+            pid = None
+        if pid is not None and is_master(pid) and self.started_with_this_config(pid):
+            return pid
+        answer = self.serving()
+        if answer is None:
             return None
-        return pid if is_master(pid) else None
+        worker = answer.get("pid")
+        parent = parent_pid(worker) if isinstance(worker, int) else None
+        if parent is not None and is_master(parent) and self.started_with_this_config(parent):
+            return parent
+        why = ("is missing or unreadable" if pid is None else
+               f"names pid {pid}, which is not a master of {self.settings.conf}")
+        owner = f"its worker {worker}'s parent is {parent}, not a master" if isinstance(worker, int) else "it does not say its pid"
+        raise EnvironmentProblem(
+            f"nginx answers on {self.settings.status_listen} (generation {answer.get('generation')}) but lbsplit cannot "
+            f"find its master: the pid file {pid_file} {why}, and {owner}. Set nginx.pid_file to the `pid` of your "
+            "nginx.conf (or restart nginx if its master was killed)"
+        )
+
+    def started_with_this_config(self, pid: int) -> bool:
+        """Was master `pid` started with this config's -c (and -p, when both name one)?"""
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace").replace("\0", " ")
+        except OSError:
+            return False
+        args = title.split()[3:]  # after "nginx: master process BINARY"
+        given = _option_values(args)
+        defaults = self.compiled_defaults() if "c" not in given or "p" not in given else {}
+        prefix = Path(given.get("p") or defaults.get("prefix", "/usr/share/nginx"))
+        conf = Path(given.get("c") or defaults.get("conf-path", "conf/nginx.conf"))
+        if not conf.is_absolute():
+            conf = prefix / conf
+        if _same_path(conf, self.settings.conf) is False:
+            return False
+        if "p" in given and self.settings.prefix is not None:
+            return _same_path(prefix, self.settings.prefix) is not False
+        return True
 
     @staticmethod
     def worker_pids(master: int) -> set[int]:

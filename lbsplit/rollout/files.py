@@ -155,8 +155,11 @@ class Lock:
 
     def acquire(self) -> "Lock":
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            # O_NOFOLLOW: a `lock` symlink planted in state_dir must never make us truncate its target.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise EnvironmentProblem(f"lock {self.path} is a symbolic link; remove it (lbsplit creates its own)") from None
             raise os_problem("open the lock", self.path, e) from None
         deadline = time.monotonic() + self.timeout
         while True:
@@ -171,8 +174,11 @@ class Lock:
                         "Try again when it finishes (raise lock_timeout to wait longer)"
                     ) from None
                 time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} ({self.purpose})\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} ({self.purpose})\n".encode(), 0)
+        except OSError:
+            pass  # the holder's name is a courtesy; a full disk must not stop a revert from taking the lock
         self._fd = fd
         return self
 
@@ -189,7 +195,10 @@ class Lock:
 
     def release(self) -> None:
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
+            try:
+                os.ftruncate(self._fd, 0)
+            except OSError:
+                pass
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

@@ -7,6 +7,7 @@ reported as DamagedFile naming it and the fix; it never surfaces as a traceback.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -36,6 +37,7 @@ class State:
     command: str
     sha256: str
     reloaded: bool  # False when nginx was not running at install time
+    layout_checked: str = ""  # what `nginx -T` last vouched for (Transaction.layout_key): include and listens
 
     @property
     def stage(self) -> Stage:
@@ -94,6 +96,11 @@ def _load(cls, raw: bytes, path: Path, what_to_do: str):
 class StateStore:
     def __init__(self, state_dir: Path):
         self.dir = Path(state_dir)
+
+    @property
+    def owner(self) -> str:
+        """This state_dir's mark in the files it renders: two configs sharing one output_dir are told apart."""
+        return hashlib.sha256(str(self.dir.resolve()).encode()).hexdigest()[:12]
 
     # paths
     @property
@@ -160,7 +167,7 @@ class StateStore:
     def append_history(self, entry: dict) -> None:
         line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
         try:
-            fd = os.open(self.history_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.history_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as e:
             raise files.os_problem("append to", self.history_path, e) from None
         try:

@@ -13,10 +13,12 @@ from . import files
 from .state import DamagedFile, StateStore
 
 
-def _serves_state(answer: dict | None, state) -> bool:
-    """Does the status page's answer match the state in content, not only in generation number?"""
+def _serves_state(answer: dict | None, state, owner: str) -> bool:
+    """Does the status page's answer match the state in content (and owner), not only in generation number?"""
     if not isinstance(answer, dict) or state is None:
         return False
+    if answer.get("owner") not in (None, owner):
+        return False  # another lbsplit config's file, sharing this output_dir
     expected_percent = float(state.stage.percent) if state.v2_enabled else None
     percent = answer.get("percent")
     return (
@@ -62,7 +64,9 @@ def live_status(settings: Settings) -> dict:
         "nginx_running": running,
         "serving_generation": answer.get("generation") if answer else None,
         "serving_answer": answer,
-        "serving": running and _serves_state(answer, state),
+        "serving": running and _serves_state(answer, state, store.owner),
+        "owner": store.owner,
+        "served_owner": answer.get("owner") if answer else None,
         "unfinished_transaction": journal.command if journal and not in_progress else None,
         "in_progress": journal.command if journal and in_progress else None,
         "damaged": damaged,

@@ -21,9 +21,19 @@ from dataclasses import dataclass, field
 
 from .. import whitelist as whitelist_mod
 from ..config import Settings
-from ..errors import Interrupted, LbsplitError, NginxTestFailed, ReloadFailed, StructureError, UnfinishedTransaction
-from ..model import DEFAULT_FALLBACK_KEY, DEFAULT_KEY, DEFAULT_MODE, Stage
-from ..nginx.dialect import RenderInput, check_structure, render, whitelist_ids
+from ..validate import fallback_warning
+from ..errors import (
+    ConfigError,
+    EnvironmentProblem,
+    Interrupted,
+    LbsplitError,
+    NginxTestFailed,
+    ReloadFailed,
+    StructureError,
+    UnfinishedTransaction,
+)
+from ..model import DEFAULT_FALLBACK_KEY, DEFAULT_KEY, DEFAULT_MODE, FULL, Mode, Stage
+from ..nginx.dialect import RenderInput, check_structure, owner_of, render, whitelist_ids
 from ..nginx.process import Nginx
 from . import files
 from .state import Journal, Phase, State, StateStore
@@ -160,7 +170,12 @@ def plan(settings: Settings, stage: Stage) -> Plan:
         v2=v2,
         whitelist=ids,
         status_listen=settings.nginx.status_listen,
+        owner=StateStore(settings.state_dir).owner,
     )
+    if stage.v2_enabled and stage.hundredths not in (0, FULL) and mode == Mode.HASH:
+        fallback_problem = fallback_warning(fallback)
+        if fallback_problem:
+            warnings = (*warnings, fallback_problem)
     return Plan(stage=stage, inputs=inputs, warnings=tuple(warnings))
 
 
@@ -271,7 +286,8 @@ class Transaction:
             raise UnfinishedTransaction(f"the backup {self.store.backup_path} is not an lbsplit.conf ({e}); {where}") from None
         return backup
 
-    def _record(self, generation: int, stage: Stage, text: bytes, reloaded: bool, command: str, note: str) -> None:
+    def _record(self, generation: int, stage: Stage, text: bytes, reloaded: bool, command: str, note: str,
+                layout: str | None = None) -> None:
         before = self.store.read_state_or_none()
         if before is None or before.generation != generation:
             self.store.save_generation(generation, text, live=self.live)  # text is what the live file holds now
@@ -286,6 +302,7 @@ class Transaction:
                     command=command,
                     sha256=sha256(text),
                     reloaded=reloaded,
+                    layout_checked=layout or (before.layout_checked if before else ""),
                 )
             )
         failpoint("after-state")
@@ -347,9 +364,13 @@ class Transaction:
             ):
                 messages.append(f"already live: generation {state.generation} (v2 {stage.describe()}); nothing changed")
                 return Outcome(state.generation, stage, changed=False, reloaded=False, messages=messages)
+        self._check_owner(previous, stage, messages)
+        # A revert is the break-glass: it never waits for a layout check to pass.
+        layout = self._check_layout(state) if master is not None and stage.v2_enabled else None
         generation = self.store.last_generation() + 1
         data = prepared.checked_text(generation).encode("utf-8")
         previous_generation = state.generation if state else None
+        self._check_space(len(data))
 
         # Backup first, then the journal, then the swap: a crash at any point leaves
         # either no journal (nothing touched) or a journal with a backup to return to.
@@ -382,7 +403,12 @@ class Transaction:
                     raise ReloadFailed(self._not_served_message(generation))
             signals.committed = True  # nginx serves it (or is not running): from here on, finish
         except BaseException as e:
-            self._put_back(previous)
+            try:
+                if files.read_bytes(self.live) != previous:
+                    self._put_back(previous)
+            except LbsplitError as undo_error:  # the live file is what it was unless both writes failed
+                raise UnfinishedTransaction(f"{e}\nputting the previous {self.live} back failed too: {undo_error}; "
+                                            "run `lbsplit repair` once the disk is writable") from None
             note = self._reload_to(previous_generation) if reloaded else "nginx was not reloaded"
             self.store.finish()
             if isinstance(e, ReloadFailed):
@@ -402,9 +428,66 @@ class Transaction:
         else:
             messages.append(f"nginx serves generation {generation}: v2 {stage.describe()}")
             result = "applied and verified"
-        self._record(generation, stage, data, reloaded=master is not None, command=self.command, note=result)
-        self.store.finish()
+        try:
+            self._record(generation, stage, data, reloaded=master is not None, command=self.command, note=result,
+                         layout=layout)
+            self.store.finish()
+        except LbsplitError as e:
+            # Past the commit point: nginx serves the change. Say so; the journal stays for repair to record it.
+            where = "nginx serves" if master is not None else "installed"
+            raise type(e)(f"{where} generation {generation} (v2 {stage.describe()}), but recording it in "
+                          f"{self.store.dir} failed: {e}. The next lbsplit command (or `lbsplit repair`) records it") from None
         return Outcome(generation, stage, changed=True, reloaded=master is not None, messages=messages)
+
+    def layout_key(self) -> str:
+        """What one `nginx -T` check vouches for: this config file, this lbsplit.conf, this status address."""
+        return f"{self.settings.nginx.conf}|{self.live}|{self.settings.nginx.status_listen}"
+
+    def _check_layout(self, state: State | None) -> str | None:
+        """Once per layout: nginx includes lbsplit.conf, and no other server listens on status_listen."""
+        key = self.layout_key()
+        if state is not None and state.layout_checked == key:
+            return key
+        dump = self.nginx.dump()
+        if dump is None:
+            return None  # nginx -t below reports why the config does not load
+        if not dump.includes(self.live):
+            raise ConfigError(
+                f"nginx.output_dir: {self.settings.nginx.conf} does not include {self.live}, so nginx would never "
+                f"serve it; add `include {self.live};` inside its http {{ }} block and run `nginx -s reload` once")
+        clashes = dump.clashes(self.settings.nginx.status_listen, self.live)
+        if clashes:
+            raise ConfigError(
+                f"nginx.status_listen: {self.settings.nginx.status_listen} is taken by your own server "
+                f"({'; '.join(clashes[:3])}); lbsplit's status page would answer there instead of your site. "
+                "Pick a free loopback port, e.g. 127.0.0.1:9181")
+        return key
+
+    def _check_owner(self, previous: bytes | None, stage: Stage, messages: list[str]) -> None:
+        """One output_dir, one lbsplit config: refuse to overwrite a file another state_dir manages."""
+        if previous is None:
+            return
+        theirs = owner_of(previous[:4000].decode("utf-8", errors="replace"))
+        if theirs is None or theirs == self.store.owner:
+            return
+        problem = (f"{self.live} is managed by another lbsplit config (owner {theirs}; this config's state_dir "
+                   f"{self.store.dir} is {self.store.owner}): two configs must not share one nginx.output_dir")
+        if stage.v2_enabled:
+            raise ConfigError(f"nginx.output_dir: {problem}; give each config its own output_dir (if you moved "
+                              "state_dir, remove the file and run `lbsplit init`)")
+        messages.append(f"WARNING: {problem}; reverting it anyway (everyone on v1)")
+
+    def _check_space(self, size: int) -> None:
+        """Fail before the point of no return when state_dir cannot hold the record of the change."""
+        try:
+            st = os.statvfs(self.store.dir)
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        needed = size + (1 << 20)  # backup (often a hard link) + state + history + journal, with room to spare
+        if free < needed:
+            raise EnvironmentProblem(f"state_dir {self.store.dir} has {free // 1024} KiB free; recording this change "
+                                     f"needs about {needed // 1024} KiB. Free some space; nothing was changed")
 
     def _test_or_undo(self, previous: bytes | None) -> None:
         try:

@@ -11,9 +11,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ConfigError
+from ..validate import redact
 
 MAX_BODY = 1 << 20  # of decoded bytes
 CHUNK = 1 << 16
@@ -26,15 +26,6 @@ class Sample:
     at: float
     payload: object | None  # parsed JSON, when there was a 2xx JSON answer
     error: str | None  # why there is no payload: timeout, refused, HTTP 500, not JSON
-
-
-def redact(url: str) -> str:
-    """The URL without user:password, for messages and logs."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def auth_headers(headers: tuple[tuple[str, str], ...], token_file: Path | None, token_env: str | None) -> dict[str, str]:

@@ -7,8 +7,10 @@ come from nginx.dialect.LOG_FIELDS.
 from __future__ import annotations
 
 import bisect
+import errno
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,19 +180,45 @@ class Window:
         return used, bad
 
 
+MAX_LINE = 64 << 10  # nginx's lbsplit lines are ~100 bytes; anything this long without a newline is not one
+
+
+def open_log(path: Path):
+    """The access log opened for reading: a regular file (a FIFO or device would hang or never end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        f.close()
+        raise OSError(errno.EINVAL, "not a regular file")
+    return f
+
+
 def _read_lines_from(f, start: int, on_text) -> int:
     """Feed whole lines from `start` to the end to on_text, a chunk at a time; return the offset after the
-    last newline (a half-written last line waits for the next run)."""
+    last newline (a half-written last line waits for the next run). A run of more than MAX_LINE bytes
+    without a newline is skipped, never held in memory."""
     f.seek(start)
     consumed = start
     leftover = b""
+    skipping = False
     while True:
         block = f.read(CHUNK)
         if not block:
             return consumed
+        if skipping:
+            cut = block.find(b"\n")
+            if cut < 0:
+                consumed += len(block)
+                continue
+            consumed += cut + 1
+            block, skipping = block[cut + 1:], False
         data = leftover + block
         cut = data.rfind(b"\n")
         if cut < 0:
+            if len(data) > MAX_LINE:
+                consumed += len(data)
+                leftover, skipping = b"", True
+                continue
             leftover = data
             continue
         on_text(data[: cut + 1].decode("utf-8", errors="replace"))
@@ -207,7 +235,7 @@ def read_appended(path: Path, cursor: Cursor | None, on_text) -> tuple[Cursor, l
     log is missing.
     """
     notes: list[str] = []
-    with open(path, "rb") as f:
+    with open_log(path) as f:
         st = os.fstat(f.fileno())
         if cursor is None:
             start = max(0, st.st_size - FIRST_READ_LIMIT)
@@ -218,7 +246,7 @@ def read_appended(path: Path, cursor: Cursor | None, on_text) -> tuple[Cursor, l
         elif cursor.inode != st.st_ino:
             rotated = Path(f"{path}.1")
             try:
-                with open(rotated, "rb") as old:
+                with open_log(rotated) as old:
                     if os.fstat(old.fileno()).st_ino == cursor.inode:
                         _read_lines_from(old, cursor.offset, on_text)
                         notes.append(f"log rotated: read the rest of {rotated.name}")
@@ -240,7 +268,7 @@ def read_window(path: Path, seconds: float, now: float, variant_of_addr: dict[st
     """The last `seconds` of the log, read backwards from its end (for `lbsplit report`)."""
     window = Window()
     oldest = now - seconds
-    with open(path, "rb") as f:
+    with open_log(path) as f:
         end = os.fstat(f.fileno()).st_size
         tail = b""
         while end > 0:

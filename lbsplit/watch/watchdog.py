@@ -65,7 +65,7 @@ class Watchdog:
         data = f"{stamp} {line}\n".encode("utf-8")
         try:
             self.health.log.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.health.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.health.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             try:
                 os.write(fd, data)
             finally:
