@@ -47,6 +47,8 @@ class HealthEndpoint:
                             return
                         time.sleep(0.2)
                     return
+                if mode.startswith("raw:"):
+                    return self._send(200, mode[4:].encode())
                 if mode == "garbage":
                     return self._send(200, b"<html>oops</html>")
                 if mode.startswith("status:"):

@@ -134,6 +134,8 @@ def test_read_only_output_dir(sandbox, small_output_dir):
     one_clear_line(result, 6)
     assert "Read-only file system" in result.stderr
     assert live(sandbox) == before
+    # the failed write cleaned up after itself: no journal, so the next command does not reload for nothing
+    assert not (sandbox.state_dir / "journal.json").exists()
     # revert cannot write either; it must say so just as clearly, and traffic stays as it was
     result = run_cli(sandbox.config_path, "revert")
     one_clear_line(result, 6)

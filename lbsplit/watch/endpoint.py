@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import zlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,36 @@ def _bounded(fn, timeout: float):
     return box["value"]
 
 
+class UnsupportedEncoding(ValueError):
+    pass
+
+
+def read_capped(raw, encoding: str) -> bytes | None:
+    """The decoded body, or None when it decodes to more than MAX_BODY bytes (never holding more)."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        decoder = None
+    elif encoding in ("gzip", "x-gzip"):
+        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        decoder = zlib.decompressobj()
+    else:
+        raise UnsupportedEncoding(encoding)
+    parts, size = [], 0
+    while True:
+        chunk = raw.read(CHUNK, decode_content=False)
+        if not chunk:
+            return b"".join(parts)
+        if decoder is not None:
+            chunk = decoder.decompress(chunk, MAX_BODY + 1 - size)
+            if decoder.unconsumed_tail:
+                return None  # more output than the cap allows
+        parts.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+
+
 def probe(url: str, timeout: float, headers: dict[str, str], clock=time.time) -> Sample:
     """GET the health endpoint once, within `timeout` seconds in all."""
     import requests  # here, not at the top: apply and revert never pay for importing it
@@ -73,17 +104,11 @@ def probe(url: str, timeout: float, headers: dict[str, str], clock=time.time) ->
     at = clock()
 
     def fetch():
-        # identity: a small gzip answer must not unpack into gigabytes; and the cap counts decoded bytes,
-        # read a chunk at a time, so nothing larger than MAX_BODY + CHUNK is ever held.
+        # We ask for identity, and decode a compressed answer ourselves with a limit on the output:
+        # a 200 KiB gzip answer must not unpack into 200 MiB before any cap is checked.
         sent = {"Accept-Encoding": "identity", **headers}
         with requests.get(url, headers=sent, timeout=(timeout, timeout), stream=True, allow_redirects=False) as r:
-            parts, size = [], 0
-            for chunk in r.iter_content(chunk_size=CHUNK):
-                parts.append(chunk)
-                size += len(chunk)
-                if size > MAX_BODY:
-                    return r.status_code, None
-            return r.status_code, b"".join(parts)
+            return r.status_code, read_capped(r.raw, r.headers.get("Content-Encoding", ""))
 
     try:
         status, body = _bounded(fetch, timeout)
@@ -94,6 +119,10 @@ def probe(url: str, timeout: float, headers: dict[str, str], clock=time.time) ->
         return Sample(at, None, reason)
     except requests.RequestException as e:
         return Sample(at, None, f"request failed ({type(e).__name__})")
+    except UnsupportedEncoding as e:
+        return Sample(at, None, f"answer in an unsupported Content-Encoding ({str(e)[:20]})")
+    except zlib.error:
+        return Sample(at, None, "answer is not valid compressed data")
     if body is None:
         return Sample(at, None, f"answer larger than {MAX_BODY} bytes")
     if not 200 <= status < 300:
