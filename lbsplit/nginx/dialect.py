@@ -45,7 +45,7 @@ POINTER = 8
 @functools.cache
 def _environment():
     # jinja2 is imported on first render only: status, route and revert's start-up do not pay for it.
-    import jinja2
+    import jinja2  # noqa: here, on first render only
 
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(resources.templates_dir())),

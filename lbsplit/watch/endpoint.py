@@ -137,7 +137,7 @@ def probe(url: str, timeout: float, headers: dict[str, str], clock=time.time) ->
 
 def post_json(url: str, payload: dict, timeout: float) -> str | None:
     """POST a notification; returns an error text instead of raising (a webhook never blocks a revert)."""
-    import requests
+    import requests  # here, not at the top: apply and revert never pay for importing it
 
     def send():
         return requests.post(url, json=payload, timeout=(timeout, timeout), allow_redirects=False).status_code
