@@ -192,16 +192,18 @@ def revert(obj: Context, reason: str) -> None:
 
 @main.command(context_settings=PERCENT_ARG)
 @click.argument("percent")
+@click.option("--whitelist-file", is_flag=True, help="Print the whitelist's map file (that lbsplit.conf includes) instead.")
 @click.pass_obj
-def render(obj: Context, percent: str) -> None:
+def render(obj: Context, percent: str, whitelist_file: bool) -> None:
     """Print the lbsplit.conf that `apply PERCENT` would write; touch nothing.
 
-    PERCENT may be "off" for the revert config. Example: lbsplit render 10
+    PERCENT may be "off" for the revert config. Example: lbsplit render 10 --whitelist-file
     """
 
     def go():
         stage = Stage.off() if percent == "off" else stage_arg(percent)
-        text, warnings = transaction.render_text(obj.settings(for_revert=not stage.v2_enabled), stage)
+        settings = obj.settings(for_revert=not stage.v2_enabled)
+        text, warnings = transaction.render_text(settings, stage, whitelist_file)
         for warning in warnings:
             click.echo(warning, err=True)
         click.echo(text, nl=False)

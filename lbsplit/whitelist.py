@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from dataclasses import dataclass
@@ -104,9 +105,9 @@ def _read_capped(path: Path) -> bytes:
     return raw
 
 
-def read_file(path: Path) -> list[Entry]:
+def read_file(path: Path, raw: bytes | None = None) -> list[Entry]:
     """Entries of a whitelist file: one id per line, blank lines and # comments ignored."""
-    raw = _read_capped(path)
+    raw = _read_capped(path) if raw is None else raw
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]  # a UTF-8 byte-order mark (Windows editors) is not part of the first id
     if b"\0" in raw:
@@ -124,9 +125,20 @@ def read_file(path: Path) -> list[Entry]:
     ]
 
 
-def load(split: SplitSettings) -> Whitelist:
-    """The effective whitelist of a config: the inline list, then the file."""
+def fingerprint(split: SplitSettings) -> tuple[str, bytes | None]:
+    """A hash of the whitelist inputs (the config's list and the file's bytes), and those bytes.
+
+    Equal fingerprints mean an equal whitelist, so its validated form can be reused.
+    """
+    raw = _read_capped(split.whitelist_file) if split.whitelist_file is not None else None
+    digest = hashlib.sha256("\0".join(split.whitelist).encode("utf-8", "surrogatepass"))
+    digest.update(b"\0file\0" + (hashlib.sha256(raw).digest() if raw is not None else b"none"))
+    return digest.hexdigest(), raw
+
+
+def load(split: SplitSettings, raw: bytes | None = None) -> Whitelist:
+    """The effective whitelist of a config: the inline list, then the file (`raw`: its bytes, if read)."""
     entries: list[Entry] = [("split.whitelist", i, user_id) for i, user_id in enumerate(split.whitelist)]
     if split.whitelist_file is not None:
-        entries += read_file(split.whitelist_file)
+        entries += read_file(split.whitelist_file, raw)
     return parse(entries)

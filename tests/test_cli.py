@@ -44,5 +44,7 @@ def test_render_needs_no_nginx_and_prints_the_config(tmp_path):
     path.write_text(f'state_dir = "{tmp_path}/state"\n[upstreams]\nv1 = ["a:1"]\nv2 = ["b:1"]\n[split]\nwhitelist = ["x"]\n')
     result = run_cli(path, "render", "30")
     assert result.returncode == 0, result.stderr
-    assert "30% lbsplit_v2;" in result.stdout and '"\\\\x" lbsplit_v2;' in result.stdout
+    assert "30% lbsplit_v2;" in result.stdout and "/lbsplit.d/whitelist-" in result.stdout
+    ids = run_cli(path, "render", "30", "--whitelist-file")
+    assert ids.returncode == 0 and ids.stdout == '    "\\\\x" lbsplit_v2;\n'
     assert not (tmp_path / "state").exists()

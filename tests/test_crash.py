@@ -21,6 +21,7 @@ UNTOUCHED, ROLLED_BACK, FINISHED = "untouched", "rolled back", "finished"
 # What the next command finds after a SIGKILL at each step.
 AFTER_KILL = {
     "after-lock": UNTOUCHED,
+    "after-include": UNTOUCHED,  # a new whitelist map file may be left; nothing refers to it yet
     "after-backup": UNTOUCHED,
     "after-journal": ROLLED_BACK,
     "after-swap": ROLLED_BACK,
@@ -34,6 +35,7 @@ AFTER_KILL = {
 # command finishes and says the signal came late.
 AFTER_TERM = {
     "after-lock": (130, "nothing was changed", UNTOUCHED),
+    "after-include": (130, "nothing was changed", UNTOUCHED),
     "after-backup": (130, "nothing was changed", UNTOUCHED),
     "after-journal": (130, "the previous config was put back", UNTOUCHED),
     "after-swap": (130, "the previous config was put back", UNTOUCHED),

@@ -9,6 +9,7 @@ text out; nothing here runs nginx or touches a live file.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
@@ -66,15 +67,58 @@ class RenderInput:
     fallback_key: str
     v1: tuple[Server, ...]
     v2: tuple[Server, ...]
-    whitelist: tuple[str, ...]
+    whitelist: tuple[str, ...]  # written inline (tests, small previews); see `include`
     status_listen: str
     owner: str = "-"  # the state_dir that manages the file (rollout.state.StateStore.owner)
+    include: str | None = None  # the whitelist's map file (absolute path) instead of inline ids
+    include_file: WhitelistFile | None = None
 
 
 @dataclass(frozen=True)
 class MapHashSize:
     bucket_size: int
     max_size: int
+
+
+# The whitelist lives in its own file, named by its content, in a subfolder of output_dir: a
+# percent change rewrites only the small lbsplit.conf, and a folder that nginx includes by a
+# glob (conf.d/*.conf) never picks the map file up on its own.
+WHITELIST_DIR = "lbsplit.d"
+
+
+@dataclass(frozen=True)
+class WhitelistFile:
+    """The whitelist's map entries as one content-addressed file."""
+
+    name: str  # whitelist-<sha256>.map
+    size: int  # ids in it
+    map_hash: MapHashSize | None
+    text: str | None = None  # None: known from the cache, already on disk
+
+    def to_json(self) -> dict:
+        sizes = None if self.map_hash is None else [self.map_hash.bucket_size, self.map_hash.max_size]
+        return {"name": self.name, "size": self.size, "map_hash": sizes}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "WhitelistFile":
+        sizes = data.get("map_hash")
+        return cls(str(data["name"]), int(data["size"]), MapHashSize(*map(int, sizes)) if sizes else None)
+
+
+def whitelist_file(ids: tuple[str, ...]) -> WhitelistFile | None:
+    """The content-addressed map file for these ids, or None for an empty whitelist."""
+    if not ids:
+        return None
+    text = whitelist_lines(ids)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+    return WhitelistFile(f"whitelist-{digest}.map", len(ids), map_hash_size(ids), text)
+
+
+_WHITELIST_NAME = re.compile(r"whitelist-[0-9a-f]{32}\.map")
+
+
+def is_whitelist_name(name: str) -> bool:
+    return bool(_WHITELIST_NAME.fullmatch(name))
 
 
 def map_key(user_id: str) -> str:
@@ -170,7 +214,8 @@ def render(inp: RenderInput) -> str:
     h = stage.hundredths
     on = stage.v2_enabled
     whitelist = inp.whitelist if on else ()
-    v2_needed = on and (bool(whitelist) or h > 0)
+    included = inp.include_file if on and inp.include else None
+    v2_needed = on and (bool(whitelist) or included is not None or h > 0)
     pool_lines: list[str] = []
     split = False
     if not on or h == 0:
@@ -197,9 +242,10 @@ def render(inp: RenderInput) -> str:
         pool_lines=pool_lines,
         split=split,
         default_target=default_target,
-        whitelist_size=len(whitelist),
-        whitelist_lines=whitelist_lines(whitelist),
-        map_hash=map_hash_size(whitelist),
+        whitelist_size=included.size if included else len(whitelist),
+        whitelist_lines="" if included else whitelist_lines(whitelist),
+        whitelist_include=inp.include if included else None,
+        map_hash=included.map_hash if included else map_hash_size(whitelist),
         status_listen=inp.status_listen,
         status_percent=stage.percent if on else "null",
         v2_json="true" if on else "false",
@@ -235,7 +281,32 @@ def _parse(text: str) -> list[dict]:
     return payload["config"][0]["parsed"]
 
 
-def _split_keys(text: str, whitelist_size: int) -> tuple[str, int]:
+def check_whitelist_text(text: str, size: int) -> None:
+    """Raise StructureError unless `text` is exactly `size` whitelist lines as map_key writes them."""
+    count = text.count("\n")
+    if count != size:
+        raise StructureError(f"the whitelist map file has {count} lines, expected {size}")
+    if not _KEY_BLOCK.fullmatch(text):
+        bad = next(line for line in text.split("\n") if not _KEY_BLOCK.fullmatch(line + "\n"))
+        raise StructureError(f"a line of the whitelist map file is not one quoted key: {bad[:80]!r}")
+
+
+_INCLUDE_LINE = re.compile(r"^    include (/\S+/" + WHITELIST_DIR + r"/whitelist-[0-9a-f]{32}\.map);\n", re.MULTILINE)
+
+
+def include_of(text: str) -> str | None:
+    """The whitelist map file a rendered lbsplit.conf includes, or None (inline or no whitelist)."""
+    match = _INCLUDE_LINE.search(text)
+    return match.group(1) if match else None
+
+
+def check_shape(text: str) -> None:
+    """check_structure for any lbsplit.conf (inline or included whitelist), e.g. a backup to restore."""
+    include = include_of(text)
+    check_structure(text, 0 if include else len(whitelist_ids(text)), include=include is not None)
+
+
+def _split_keys(text: str, whitelist_size: int, include: bool = False) -> tuple[str, int]:
     """Check every whitelist line with a strict regex; return the text with only a sample of them.
 
     crossplane is a pure-Python lexer: 40 s for a million keys. The regex check is exact
@@ -245,6 +316,11 @@ def _split_keys(text: str, whitelist_size: int) -> tuple[str, int]:
     if len(opening) != 1:
         raise StructureError("rendered config must define $lbsplit_upstream exactly once")
     default_end = text.index("\n", opening[0].end() + 1) + 1  # skip the "default ...;" line
+    if include:  # then the include line
+        found = _INCLUDE_LINE.match(text, default_end)
+        if found is None:
+            raise StructureError("$lbsplit_upstream map must include its whitelist file right after default")
+        default_end = found.end()
     end = text.index("\n}\n", default_end - 1) + 1
     block = text[default_end:end]
     count = block.count("\n")
@@ -259,9 +335,10 @@ def _split_keys(text: str, whitelist_size: int) -> tuple[str, int]:
     return text[:sample_end] + text[end:], min(SAMPLE_KEYS, count)
 
 
-def check_structure(text: str, whitelist_size: int) -> None:
-    """Raise StructureError unless `text` is one lbsplit.conf with `whitelist_size` whitelist keys."""
-    text, whitelist_size = _split_keys(text, whitelist_size)
+def check_structure(text: str, whitelist_size: int, include: bool = False) -> None:
+    """Raise StructureError unless `text` is one lbsplit.conf with `whitelist_size` inline whitelist keys
+    (and, with `include`, the include of its whitelist file)."""
+    text, whitelist_size = _split_keys(text, whitelist_size, include)
     parsed = _parse(text)
     names = [d["directive"] for d in parsed]
     unexpected = sorted(set(names) - TOP_LEVEL)
@@ -271,7 +348,9 @@ def check_structure(text: str, whitelist_size: int) -> None:
     upstream_maps = [d for args, d in maps.items() if args[-1] == "$lbsplit_upstream"]
     if len(upstream_maps) != 1:
         raise StructureError("rendered config must define $lbsplit_upstream exactly once")
-    entries = upstream_maps[0]["block"]
+    entries = [e for e in upstream_maps[0]["block"] if not (include and e["directive"] == "include")]
+    if include and len(entries) != len(upstream_maps[0]["block"]) - 1:
+        raise StructureError("$lbsplit_upstream map must include exactly one whitelist file")
     if len(entries) != whitelist_size + 1 or any(len(e["args"]) != 1 for e in entries):
         raise StructureError(
             f"$lbsplit_upstream map has {len(entries)} entries, expected {whitelist_size + 1} "

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .. import whitelist as whitelist_mod
 from ..config import Settings
 from ..errors import ConfigError, LbsplitError
 from ..model import DEFAULT_FALLBACK_KEY, Mode, Stage
-from ..nginx.dialect import whitelist_ids
+from ..nginx.dialect import include_of, whitelist_ids
 from ..nginx.process import Nginx
 from ..nginx.route import Route, explain, folded_keys
 from . import files
@@ -83,5 +85,8 @@ def route_user(settings: Settings, user_id: str, percent: Stage | None, fallback
     if state is None:
         raise ConfigError("route: nothing is applied yet; pass --percent P to ask about a stage")
     live = (files.read_bytes(settings.nginx.live_file) or b"").decode("utf-8", errors="replace")
+    include = include_of(live)
+    if include:  # the whitelist lives in its map file
+        live = (files.read_bytes(Path(include)) or b"").decode("utf-8", errors="replace")
     fallback_name = settings.split.fallback_key if settings.split else DEFAULT_FALLBACK_KEY
     return explain(user_id, state.stage, Mode(state.mode), folded_keys(whitelist_ids(live)), fallback, fallback_name)

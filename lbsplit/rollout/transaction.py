@@ -18,8 +18,8 @@ import hashlib
 import os
 import signal
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from .. import whitelist as whitelist_mod
 from ..config import Settings
 from ..validate import fallback_warning
 from ..errors import (
@@ -33,14 +33,24 @@ from ..errors import (
     UnfinishedTransaction,
 )
 from ..model import DEFAULT_FALLBACK_KEY, DEFAULT_KEY, DEFAULT_MODE, FULL, Mode, Stage
-from ..nginx.dialect import RenderInput, check_structure, owner_of, render, whitelist_ids
+from ..nginx.dialect import (
+    WHITELIST_DIR,
+    RenderInput,
+    check_shape,
+    check_structure,
+    check_whitelist_text,
+    include_of,
+    is_whitelist_name,
+    owner_of,
+    render,
+)
 from ..nginx.process import Nginx
-from . import files
+from . import files, wlcache
 from .state import Journal, Phase, State, StateStore
 
 FAILPOINT_ENV = "LBSPLIT_FAILPOINT"
 # The named steps, in the order a transaction passes them.
-STEPS = ("after-lock", "after-backup", "after-journal", "after-swap", "after-test", "after-reload",
+STEPS = ("after-lock", "after-include", "after-backup", "after-journal", "after-swap", "after-test", "after-reload",
          "after-verify", "after-state", "after-history")
 
 
@@ -130,6 +140,7 @@ class Plan:
     stage: Stage
     inputs: RenderInput
     warnings: tuple[str, ...]
+    whitelist: wlcache.Resolved | None = None
 
     @functools.cached_property
     def _template(self) -> str:
@@ -143,16 +154,23 @@ class Plan:
     def checked_text(self, generation: int) -> str:
         """The text, parsed back and checked for shape: what apply installs."""
         text = self.text(generation)
-        check_structure(text, len(self.inputs.whitelist))
+        check_structure(text, len(self.inputs.whitelist), include=self.inputs.include is not None)
         return text
 
 
-def plan(settings: Settings, stage: Stage) -> Plan:
+def whitelist_dir(settings: Settings) -> Path:
+    return settings.nginx.output_dir / WHITELIST_DIR
+
+
+def plan(settings: Settings, stage: Stage, use_cache: bool = True) -> Plan:
     """Validate everything the stage needs. Touches nothing."""
+    resolved, include = None, None
     if stage.v2_enabled:
         v2, split = settings.require_rollout()
-        wl = whitelist_mod.load(split)
-        ids, warnings, mode, key, fallback = wl.ids, wl.warnings, split.mode, split.key, split.fallback_key
+        resolved = wlcache.resolve(settings.state_dir, settings.nginx.output_dir, split, use_cache)
+        if resolved.file is not None:
+            include = str(whitelist_dir(settings) / resolved.file.name)
+        ids, warnings, mode, key, fallback = (), resolved.warnings, split.mode, split.key, split.fallback_key
     else:
         # A revert needs nothing but v1: a broken [split], v2 or whitelist file must not stop it.
         v2, ids, warnings = (), (), ()
@@ -171,12 +189,14 @@ def plan(settings: Settings, stage: Stage) -> Plan:
         whitelist=ids,
         status_listen=settings.nginx.status_listen,
         owner=StateStore(settings.state_dir).owner,
+        include=include,
+        include_file=resolved.file if resolved else None,
     )
     if stage.v2_enabled and stage.hundredths not in (0, FULL) and mode == Mode.HASH:
         fallback_problem = fallback_warning(fallback)
         if fallback_problem:
             warnings = (*warnings, fallback_problem)
-    return Plan(stage=stage, inputs=inputs, warnings=tuple(warnings))
+    return Plan(stage=stage, inputs=inputs, warnings=tuple(warnings), whitelist=resolved)
 
 
 class Transaction:
@@ -228,7 +248,7 @@ class Transaction:
     def repair(self) -> str | None:
         """Finish or undo a transaction that an earlier process did not complete (call under the lock)."""
         # A kill -9 between creating a temp file and renaming it leaves the temp file behind.
-        for directory in (self.live.parent, self.store.dir, self.store.generations_dir):
+        for directory in (self.live.parent, self.store.dir, self.store.generations_dir, whitelist_dir(self.settings)):
             files.remove_stale_temps(directory)
         journal = self.store.read_journal()
         if journal is None:
@@ -281,7 +301,7 @@ class Transaction:
                 f"(its checksum differs); {where}")
         text = backup.decode("utf-8", errors="replace")
         try:
-            check_structure(text, len(whitelist_ids(text)))
+            check_shape(text)
         except StructureError as e:
             raise UnfinishedTransaction(f"the backup {self.store.backup_path} is not an lbsplit.conf ({e}); {where}") from None
         return backup
@@ -365,6 +385,8 @@ class Transaction:
                 messages.append(f"already live: generation {state.generation} (v2 {stage.describe()}); nothing changed")
                 return Outcome(state.generation, stage, changed=False, reloaded=False, messages=messages)
         self._check_owner(previous, stage, messages)
+        prepared = self._install_whitelist(prepared)
+        failpoint("after-include")
         # A revert is the break-glass: it never waits for a layout check to pass.
         layout = self._check_layout(state) if master is not None and stage.v2_enabled else None
         generation = self.store.last_generation() + 1
@@ -437,7 +459,48 @@ class Transaction:
             where = "nginx serves" if master is not None else "installed"
             raise type(e)(f"{where} generation {generation} (v2 {stage.describe()}), but recording it in "
                           f"{self.store.dir} failed: {e}. The next lbsplit command (or `lbsplit repair`) records it") from None
+        self._tidy(prepared, messages)
         return Outcome(generation, stage, changed=True, reloaded=master is not None, messages=messages)
+
+    def _install_whitelist(self, prepared: Plan) -> Plan:
+        """Write the whitelist's map file unless it is there already (its name is its content)."""
+        resolved = prepared.whitelist
+        if resolved is None or resolved.file is None:
+            return prepared
+        folder = whitelist_dir(self.settings)
+        if (folder / resolved.file.name).is_file():
+            return prepared
+        if resolved.file.text is None:  # the cache named a file that vanished since: build it again
+            prepared = plan(self.settings, prepared.stage, use_cache=False)
+            resolved = prepared.whitelist
+        check_whitelist_text(resolved.file.text, resolved.file.size)
+        files.ensure_dir(folder)
+        files.atomic_write(folder / resolved.file.name, resolved.file.text)
+        return prepared
+
+    def _tidy(self, prepared: Plan, messages: list[str]) -> None:
+        """After a change: remember the validated whitelist, remove map files nothing refers to any more."""
+        try:
+            if prepared.whitelist is not None and not prepared.whitelist.from_cache:
+                wlcache.remember(self.store.dir, prepared.whitelist)
+            folder = whitelist_dir(self.settings)
+            if not folder.is_dir():
+                return
+            keep = set()
+            for path in [self.live, self.store.backup_path, *self.store.generations_dir.glob("*.conf")]:
+                try:
+                    with open(path, "rb") as f:
+                        head = f.read(1 << 20).decode("utf-8", errors="replace")
+                except OSError:
+                    continue
+                include = include_of(head)
+                if include:
+                    keep.add(Path(include).name)
+            for path in folder.iterdir():
+                if is_whitelist_name(path.name) and path.name not in keep:
+                    files.remove(path)
+        except (LbsplitError, OSError) as e:
+            messages.append(f"note: tidying {whitelist_dir(self.settings)} failed ({e}); nothing depends on it")
 
     def layout_key(self) -> str:
         """What one `nginx -T` check vouches for: this config file, this lbsplit.conf, this status address."""
@@ -537,9 +600,15 @@ def repair(settings: Settings) -> str:
         return txn.repair() or "nothing to repair"
 
 
-def render_text(settings: Settings, stage: Stage) -> tuple[str, tuple[str, ...]]:
-    """What apply would write for `stage` (with the next generation number), and its warnings."""
-    prepared = plan(settings, stage)
+def render_text(settings: Settings, stage: Stage, whitelist_file: bool = False) -> tuple[str, tuple[str, ...]]:
+    """What apply would write for `stage` (with the next generation number), and its warnings.
+
+    With `whitelist_file`, the whitelist's map file instead of lbsplit.conf.
+    """
+    prepared = plan(settings, stage, use_cache=not whitelist_file)
+    if whitelist_file:
+        found = prepared.whitelist.file if prepared.whitelist else None
+        return (found.text if found else ""), prepared.warnings
     return prepared.checked_text(StateStore(settings.state_dir).last_generation() + 1), prepared.warnings
 
 
