@@ -29,9 +29,21 @@ BENCH = Path(__file__).resolve().parent
 RESULTS: dict[str, object] = {}
 
 
-def lbsplit(sb: Sandbox, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+# lbsplit runs from a plain (non-editable) install, as `pip install .` leaves it; see install_copy().
+LBSPLIT_ENV: dict[str, str] = dict(os.environ)
+
+
+def install_copy(root: Path) -> None:
+    """pip install the working tree into `root` (no deps: the venv has them) and run lbsplit from there."""
+    target = root / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(REPO)],
+                   check=True, capture_output=True, cwd=root)
+    LBSPLIT_ENV["PYTHONPATH"] = str(target)
+
+
+def lbsplit(sb: Sandbox, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "lbsplit", "--config", str(sb.config_path), *args],
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=600, env={**LBSPLIT_ENV, **(env or {})})
     if check and result.returncode != 0:
         raise RuntimeError(f"lbsplit {' '.join(args)} failed: {result.stderr}")
     return result
@@ -99,45 +111,88 @@ def _poll_generation(sb: Sandbox, generation: int, timeout: float = 120) -> None
     raise RuntimeError(f"generation {generation} never served")
 
 
-def time_to_live(root: Path, sizes: list[int], repeats: dict[int, int]) -> None:
-    sb = new_sandbox(root / "ttl", whitelist_file=True)
+def _floor_round(sb: Sandbox, conf_text: str, fake_generation: int, map_text: str | None = None) -> float:
+    """The same kind of files swapped in by hand, then bare nginx -t, nginx -s reload, poll until served."""
     nginx_argv = [sb.binary, "-p", str(sb.front.prefix), "-c", str(sb.front.conf)]
+    text = re.sub(r"generation \d+", f"generation {fake_generation}", conf_text)
+    text = re.sub(r'"generation": \d+', f'"generation": {fake_generation}', text)
+    live = sb.output_dir / "lbsplit.conf"
+    saved = live.read_bytes()
+    written = None
+    if map_text is not None:
+        include = re.search(r"include (\S+\.map);", text).group(1)
+        written = Path(include)
+        written.write_text(map_text)
+    live.write_text(text)
+    started = time.monotonic()
+    subprocess.run(nginx_argv + ["-t", "-q"], check=True)
+    subprocess.run(nginx_argv + ["-s", "reload"], check=True)
+    _poll_generation(sb, fake_generation)
+    took = time.monotonic() - started
+    live.write_bytes(saved)  # back to what lbsplit's state says, for lbsplit's own round
+    subprocess.run(nginx_argv + ["-s", "reload"], check=True)
+    if written is not None:
+        written.unlink()
+    return took
+
+
+def _lbsplit_round(sb: Sandbox, percent: str, phases: list[dict]) -> float:
+    timings = sb.root / "timings.jsonl"
+    timings.unlink(missing_ok=True)
+    started = time.monotonic()
+    env = {"LBSPLIT_TIMINGS": str(timings), "LBSPLIT_TIMINGS_T0": repr(time.time())}
+    lbsplit(sb, "apply", percent, env=env)
+    took = time.monotonic() - started
+    row = json.loads(timings.read_text().splitlines()[-1])
+    row["outside_python"] = max(0.0, took - row.pop("total_in_process") - row.get("interpreter", 0.0))
+    phases.append(row)
+    return took
+
+
+def _medians(rows: list[dict]) -> dict[str, float]:
+    names = sorted({k for row in rows for k in row})
+    return {k: statistics.median(row.get(k, 0.0) for row in rows) for k in names}
+
+
+def time_to_live(root: Path, sizes: list[int], repeats: dict[int, int]) -> None:
+    """Per size: a percent change (the whitelist unchanged, the common case) and a whitelist change."""
+    sb = new_sandbox(root / "ttl", whitelist_file=True)
     rows = []
     try:
         for n in sizes:
-            (sb.root / "wl.txt").write_text("\n".join(uuids(n, 21)) + ("\n" if n else ""))
+            base = uuids(n, 21)
+            (sb.root / "wl.txt").write_text("\n".join(base) + ("\n" if n else ""))
             lbsplit(sb, "apply", "10")
-            floor, ours = [], []
-            fake_generation = 1_000_000 * (n + 1)
-            for i in range(repeats[n]):
-                target = "20" if i % 2 == 0 else "10"
-                # floor: the same kind of file, swapped in by hand; nginx -t, reload, first new answer
-                fake_generation += 1
-                text = lbsplit(sb, "render", target).stdout
-                text = re.sub(r"generation \d+", f"generation {fake_generation}", text)
-                text = re.sub(r'"generation": \d+', f'"generation": {fake_generation}', text)
-                live = sb.output_dir / "lbsplit.conf"
-                saved = live.read_bytes()
-                live.write_text(text)
-                started = time.monotonic()
-                subprocess.run(nginx_argv + ["-t", "-q"], check=True)
-                subprocess.run(nginx_argv + ["-s", "reload"], check=True)
-                _poll_generation(sb, fake_generation)
-                floor.append(time.monotonic() - started)
-                live.write_bytes(saved)
-                subprocess.run(nginx_argv + ["-s", "reload"], check=True)
-                time.sleep(0.5 + n / 200_000)
-                # lbsplit: from the command starting until nginx serves the new generation
-                other = "20" if target == "10" else "10"
-                started = time.monotonic()
-                lbsplit(sb, "apply", other)
-                ours.append(time.monotonic() - started)
-                time.sleep(0.3 + n / 200_000)
-            row = {"ids": n, "floor_s": statistics.median(floor), "lbsplit_s": statistics.median(ours),
-                   "repeats": repeats[n]}
-            row["ratio"] = row["lbsplit_s"] / row["floor_s"]
-            rows.append(row)
-            log(f"time to live {n} ids: floor {row['floor_s']:.2f}s lbsplit {row['lbsplit_s']:.2f}s")
+            for scenario in ("percent", "whitelist") if n else ("percent",):
+                floor, ours, phases = [], [], []
+                fake_generation = 1_000_000 * (n + 1) + (500_000 if scenario == "whitelist" else 0)
+                for i in range(repeats[n]):
+                    fake_generation += 1
+                    if scenario == "percent":
+                        target = "20" if i % 2 == 0 else "10"
+                        floor.append(_floor_round(sb, lbsplit(sb, "render", target).stdout, fake_generation))
+                        time.sleep(0.5 + n / 200_000)
+                        # the same move the floor just made (and undid): live -> target
+                        ours.append(_lbsplit_round(sb, target, phases))
+                    else:
+                        # a new id each round, so every round is a real whitelist change for both sides
+                        saved = (sb.root / "wl.txt").read_text()
+                        (sb.root / "wl.txt").write_text(saved + f"floor-round-{i}\n")
+                        conf = lbsplit(sb, "render", "10").stdout
+                        map_text = lbsplit(sb, "render", "10", "--whitelist-file").stdout
+                        (sb.root / "wl.txt").write_text(saved)
+                        floor.append(_floor_round(sb, conf, fake_generation, map_text))
+                        time.sleep(0.5 + n / 200_000)
+                        (sb.root / "wl.txt").write_text(saved + f"round-{i}\n")
+                        ours.append(_lbsplit_round(sb, "10", phases))
+                    time.sleep(0.3 + n / 200_000)
+                row = {"ids": n, "scenario": scenario, "floor_s": statistics.median(floor),
+                       "lbsplit_s": statistics.median(ours), "repeats": repeats[n], "phases": _medians(phases)}
+                row["ratio"] = row["lbsplit_s"] / row["floor_s"]
+                row["over_floor_s"] = row["lbsplit_s"] - row["floor_s"]
+                rows.append(row)
+                log(f"time to live {n} ids, {scenario} change: floor {row['floor_s']:.3f}s "
+                    f"lbsplit {row['lbsplit_s']:.3f}s ({row['ratio']:.2f}x)")
         RESULTS["time_to_live"] = rows
     finally:
         sb.stop()
@@ -371,6 +426,7 @@ def main() -> int:
     previous = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
     RESULTS.update({k: v for k, v in previous.items() if k not in ("machine",)})
     with tempfile.TemporaryDirectory(prefix="lbsplit-bench-") as tmp:
+        install_copy(Path(tmp))
         for name, run in sections.items():
             if args.only and name not in args.only:
                 continue

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from . import __version__
+from . import __version__, timing
 from .config import Settings, find_config, load
 from .errors import ConfigError, ExitCode, GateRefused, LbsplitError, NotServing
 from .model import Stage, parse_percent
@@ -41,6 +41,7 @@ class Context:
 
 def run(fn):
     """Call the library; expected failures become one message and the error's exit code."""
+    timing.entered()
     try:
         return fn()
     except LbsplitError as e:
@@ -49,6 +50,8 @@ def run(fn):
     except KeyboardInterrupt:  # Ctrl-C outside a transaction (which turns it into Interrupted itself)
         click.echo("lbsplit: interrupted by SIGINT; nothing was changed", err=True)
         sys.exit(ExitCode.INTERRUPTED)
+    finally:
+        timing.write()
 
 
 def echo_outcome(outcome) -> None:

@@ -72,6 +72,23 @@ class RenderInput:
     owner: str = "-"  # the state_dir that manages the file (rollout.state.StateStore.owner)
     include: str | None = None  # the whitelist's map file (absolute path) instead of inline ids
     include_file: WhitelistFile | None = None
+    percent_text: str | None = None  # written where the percentage goes, instead of stage.percent
+
+
+@functools.cache
+def template_digest() -> str:
+    """A hash of the template files: a text rendered from other templates is another text."""
+    digest = hashlib.sha256()
+    for path in sorted(resources.templates_dir().glob("*.j2")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def render_key(inp: "RenderInput") -> str:
+    """Everything render() reads, hashed (the whitelist map file by name, not by its text)."""
+    fields = {name: getattr(inp, name) for name in inp.__dataclass_fields__ if name != "include_file"}
+    fields["include_file"] = inp.include_file.to_json() if inp.include_file else None
+    return hashlib.sha256((repr(sorted(fields.items())) + template_digest()).encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -229,11 +246,12 @@ def render(inp: RenderInput) -> str:
         w1, w2 = pool_weights(inp.v1, inp.v2, h)
         pool_lines = [s.line(w) for s, w in zip(inp.v1, w1)] + [s.line(w) for s, w in zip(inp.v2, w2)]
         default_target = "lbsplit_pool"
-    summary = f"on at {stage.percent}% ({inp.mode} mode)" if on else "off (everyone on v1)"
+    percent = inp.percent_text or stage.percent
+    summary = f"on at {percent}% ({inp.mode} mode)" if on else "off (everyone on v1)"
     return _environment().get_template(ENTRY_TEMPLATE).render(
         generation=inp.generation,
         summary=summary,
-        percent=stage.percent,
+        percent=percent,
         mode=str(inp.mode),
         key=inp.key,
         fallback_key=inp.fallback_key,
@@ -247,7 +265,7 @@ def render(inp: RenderInput) -> str:
         whitelist_include=inp.include if included else None,
         map_hash=included.map_hash if included else map_hash_size(whitelist),
         status_listen=inp.status_listen,
-        status_percent=stage.percent if on else "null",
+        status_percent=percent if on else "null",
         v2_json="true" if on else "false",
         log_format="\\t".join(LOG_FIELDS),
         owner=inp.owner,

@@ -20,6 +20,7 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import timing
 from ..config import Settings
 from ..validate import fallback_warning
 from ..errors import (
@@ -45,7 +46,7 @@ from ..nginx.dialect import (
     render,
 )
 from ..nginx.process import Nginx
-from . import files, wlcache
+from . import files, rendercache, wlcache
 from .state import Journal, Phase, State, StateStore
 
 FAILPOINT_ENV = "LBSPLIT_FAILPOINT"
@@ -131,6 +132,7 @@ class Signals:
 
 
 GENERATION_MARKER = "\0generation\0"
+PERCENT_MARKER = "\0percent\0"
 
 
 @dataclass(frozen=True)
@@ -141,12 +143,32 @@ class Plan:
     inputs: RenderInput
     warnings: tuple[str, ...]
     whitelist: wlcache.Resolved | None = None
+    cache: rendercache.RenderCache | None = None
+
+    @functools.cached_property
+    def _skeleton(self) -> tuple[RenderInput, bool]:
+        """The inputs with the generation (and, in hash mode between 0 and 100%, the percentage) as markers.
+
+        One skeleton serves every generation and every split percentage: a percent change fills
+        in two strings instead of rendering (and importing jinja2) again. The markers hold NUL
+        bytes, which no validated id, server or key can contain.
+        """
+        h = self.stage.hundredths
+        variable = self.stage.v2_enabled and 0 < h < FULL and self.inputs.mode == Mode.HASH
+        if not variable:
+            return dataclasses.replace(self.inputs, generation=GENERATION_MARKER), False
+        return dataclasses.replace(self.inputs, generation=GENERATION_MARKER, stage=Stage.at(5000),
+                                   percent_text=PERCENT_MARKER), True
 
     @functools.cached_property
     def _template(self) -> str:
-        # Rendered once; the generation is filled in by a plain replace. The marker holds
-        # NUL bytes, which no validated id, server or key can contain.
-        return render(dataclasses.replace(self.inputs, generation=GENERATION_MARKER))
+        skeleton, variable = self._skeleton
+        text = self.cache.get(skeleton) if self.cache else None
+        if text is None:
+            text = render(skeleton)
+            if self.cache:
+                self.cache.put(skeleton, text)
+        return text.replace(PERCENT_MARKER, self.stage.percent) if variable else text
 
     def text(self, generation: int) -> str:
         return self._template.replace(GENERATION_MARKER, str(generation))
@@ -162,7 +184,7 @@ def whitelist_dir(settings: Settings) -> Path:
     return settings.nginx.output_dir / WHITELIST_DIR
 
 
-def plan(settings: Settings, stage: Stage, use_cache: bool = True) -> Plan:
+def plan(settings: Settings, stage: Stage, use_cache: bool = True, remember: bool = False) -> Plan:
     """Validate everything the stage needs. Touches nothing."""
     resolved, include = None, None
     if stage.v2_enabled:
@@ -196,7 +218,8 @@ def plan(settings: Settings, stage: Stage, use_cache: bool = True) -> Plan:
         fallback_problem = fallback_warning(fallback)
         if fallback_problem:
             warnings = (*warnings, fallback_problem)
-    return Plan(stage=stage, inputs=inputs, warnings=tuple(warnings), whitelist=resolved)
+    cache = rendercache.RenderCache(settings.state_dir, write=remember) if use_cache else None
+    return Plan(stage=stage, inputs=inputs, warnings=tuple(warnings), whitelist=resolved, cache=cache)
 
 
 class Transaction:
@@ -347,7 +370,8 @@ class Transaction:
         messages: list[str] = []
         self.store.ensure()
         # Validate before waiting for the lock: bad input fails at once and changes nothing.
-        prepared = plan(self.settings, stage)
+        with timing.phase("whitelist"):
+            prepared = plan(self.settings, stage, remember=True)
         with contextlib.ExitStack() as scope:
             signals = scope.enter_context(Signals())
             if lock_held is None:
@@ -362,7 +386,8 @@ class Transaction:
             if note:
                 messages.append(note)
             if precheck is not None:
-                messages.extend(precheck(self))
+                with timing.phase("gate"):
+                    messages.extend(precheck(self))
             outcome = self._run_locked(prepared, messages, signals, install_only)
             if signals.pending:
                 outcome.messages.append(f"{signals.pending} arrived after nginx already served generation "
@@ -390,7 +415,8 @@ class Transaction:
         # A revert is the break-glass: it never waits for a layout check to pass.
         layout = self._check_layout(state) if master is not None and stage.v2_enabled else None
         generation = self.store.last_generation() + 1
-        data = prepared.checked_text(generation).encode("utf-8")
+        with timing.phase("render"):
+            data = prepared.checked_text(generation).encode("utf-8")
         previous_generation = state.generation if state else None
         self._check_space(len(data))
 
@@ -412,16 +438,20 @@ class Transaction:
             files.ensure_dir(self.live.parent)
             files.atomic_write(self.live, data)
             failpoint("after-swap")
-            self._test_or_undo(previous)
+            with timing.phase("nginx -t"):
+                self._test_or_undo(previous)
             failpoint("after-test")
             if master is not None:
                 old = self.nginx.worker_pids(master)
                 # Recorded before signalling, so a repair after a crash waits for the reload it sent.
                 self.store.begin(dataclasses.replace(journal, phase=Phase.RELOADING))
                 reloaded = True
-                self.nginx.reload()
+                with timing.phase("reload"):
+                    self.nginx.reload()
                 failpoint("after-reload")
-                if not self.nginx.wait_serving(generation, old, self.settings.nginx.verify_timeout):
+                with timing.phase("wait"):
+                    served = self.nginx.wait_serving(generation, old, self.settings.nginx.verify_timeout)
+                if not served:
                     raise ReloadFailed(self._not_served_message(generation))
             signals.committed = True  # nginx serves it (or is not running): from here on, finish
         except BaseException as e:
@@ -471,7 +501,7 @@ class Transaction:
         if (folder / resolved.file.name).is_file():
             return prepared
         if resolved.file.text is None:  # the cache named a file that vanished since: build it again
-            prepared = plan(self.settings, prepared.stage, use_cache=False)
+            prepared = plan(self.settings, prepared.stage, use_cache=False, remember=True)
             resolved = prepared.whitelist
         check_whitelist_text(resolved.file.text, resolved.file.size)
         files.ensure_dir(folder)

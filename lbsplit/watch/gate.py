@@ -6,16 +6,20 @@ refuses a widening when a blocking item fails. It compares no threshold itself.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 
 from ..config import Settings
-from ..errors import ConfigError, GateRefused
+from ..errors import ConfigError, GateRefused, LbsplitError
 from ..model import NoData, Stage
+from ..rollout import files
 from ..rollout.state import StateStore
 from ..rollout.transaction import Transaction, plan
 from . import endpoint, judge, sources
 from .memory import load_state
+
+REVERT_CHECKED = "revert-checked"  # in state_dir: the revert config and nginx binary that last passed
 
 
 @dataclass(frozen=True)
@@ -86,11 +90,27 @@ def watchdog_item(settings: Settings, target: Stage, clock=time.time) -> Item:
 
 
 def revert_item(txn: Transaction) -> Item:
-    """The revert config must pass nginx -t, so an emergency revert cannot be the thing that fails."""
-    text = plan(txn.settings, Stage.off()).checked_text(txn.store.last_generation() + 1)
+    """The revert config must pass nginx -t, so an emergency revert cannot be the thing that fails.
+
+    The check runs the revert config alone in a private minimal nginx config, so its verdict
+    depends only on that text and the nginx binary: a pass is remembered for both, and the
+    next widening with neither changed skips the extra nginx -t.
+    """
+    text = plan(txn.settings, Stage.off(), remember=True).checked_text(0)
+    key = hashlib.sha256(f"{txn.nginx.identity()}\0{text}".encode()).hexdigest()
+    marker = txn.store.dir / REVERT_CHECKED
+    try:
+        if (files.read_bytes(marker) or b"").decode() == key:
+            return Item("revert config", True, "passes nginx -t (unchanged since it last passed)")
+    except LbsplitError:
+        pass
     error = txn.nginx.test_snippet(text)
     if error:
         return Item("revert config", False, f"nginx -t rejects it: {error}")
+    try:
+        files.atomic_write(marker, key)
+    except LbsplitError:
+        pass  # only a lost shortcut
     return Item("revert config", True, "passes nginx -t")
 
 
