@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,12 @@ from .model import (
     DEFAULT_FALLBACK_KEY,
     DEFAULT_KEY,
     DEFAULT_MODE,
+    DEFAULT_LEVELS,
+    DEFAULT_STAGES,
     DEFAULT_STATUS_LISTEN,
     METRICS,
+    Bound,
+    Level,
     RATE_METRICS,
     Mode,
     NoData,
@@ -90,6 +95,24 @@ THRESHOLD_TIMING = ("check_every", "alert_cooldown", "window")
 
 
 @dataclass(frozen=True)
+class CustomMetric:
+    """A metric of the health endpoint's answer, by dotted path, with bounds and a level."""
+
+    name: str
+    path: str
+    level: Level
+    scale: float  # multiplies the raw value: 0.01 turns percents into fractions
+    limits: tuple[tuple[Bound, float], ...]  # for every stage...
+    by_stage: tuple[tuple[int, tuple[tuple[Bound, float], ...]], ...] = ()  # ...unless a row up to that stage says
+
+    def limits_for(self, hundredths: int) -> tuple[tuple[Bound, float], ...]:
+        for up_to, limits in self.by_stage:
+            if hundredths <= up_to:
+                return limits
+        return self.limits
+
+
+@dataclass(frozen=True)
 class HealthSettings:
     url: str
     timeout: float
@@ -108,6 +131,10 @@ class HealthSettings:
     min_requests: int = 50
     baseline_error_margin: float = 0.02
     baseline_latency_factor: float = 1.5
+    levels: tuple[tuple[str, Level], ...] = tuple(DEFAULT_LEVELS.items())
+    scales: tuple[tuple[str, float], ...] = ()  # metric -> multiplier of the raw value
+    custom: tuple[CustomMetric, ...] = ()
+    revert_levels: tuple[Level, ...] = (Level.P1,)
 
     @property
     def uses_endpoint(self) -> bool:
@@ -142,7 +169,7 @@ class Settings:
     split: SplitSettings | None  # None: unusable, only `revert` may run
     deferred_error: ConfigError | None = field(default=None, compare=False)
     warnings: tuple[str, ...] = field(default=(), compare=False)  # problems a revert ignored
-    stages: tuple[int, ...] = ()
+    stages: tuple[int, ...] = DEFAULT_STAGES
     health: HealthSettings | None = None
     notify: NotifySettings | None = None
     health_error: ConfigError | None = field(default=None, compare=False)
@@ -175,6 +202,11 @@ SCHEMA: dict[str, object] = {
         "bearer_token_file": str,
         "bearer_token_env": str,
         "fields": {m: str for m in METRICS},
+        "scale": {m: (int, float) for m in METRICS},
+        "levels": {m: str for m in METRICS},
+        "revert_levels": list,
+        "metrics": [{"name": str, "path": str, "level": str, "scale": (int, float), "max": (int, float),
+                     "min": (int, float), "stages": dict}],
         "no_data": str,
         "failures_before_revert": int,
         "on_breach": str,
@@ -378,8 +410,8 @@ def load(path: Path, for_revert: bool = False) -> Settings:
         v2, split = _defer(split_errors, "split", lambda: _load_split(base, data.get("split", {}), upstreams.get("v2")),
                            for_revert, (None, None))
     other_errors = [e for key, found in broken.items() if key not in ("split", "upstreams", "health") for e in found]
-    stages = () if "stages" in broken else _defer(other_errors, "stages", lambda: _stages(data.get("stages", [])),
-                                                  for_revert, ())
+    stages = DEFAULT_STAGES if "stages" in broken else _defer(
+        other_errors, "stages", lambda: _stages(data.get("stages")), for_revert, DEFAULT_STAGES)
     health_errors = list(broken.get("health", []))
     health = None
     if "health" in data and not health_errors:
@@ -428,11 +460,61 @@ def _http_url(value: str, field_name: str) -> str:
     return value
 
 
-def _stages(values: list) -> tuple[int, ...]:
+def _stages(values: list | None) -> tuple[int, ...]:
+    if values is None:
+        return DEFAULT_STAGES
     stages = tuple(parse_percent(str(v), f"stages[{i}]") for i, v in enumerate(values))
-    if list(stages) != sorted(set(stages)) or any(s == 0 for s in stages):
-        raise ConfigError("stages: list increasing percentages above 0, e.g. stages = [10, 30, 100]")
+    if not stages or list(stages) != sorted(set(stages)):
+        raise ConfigError("stages: list increasing percentages, e.g. stages = [0, 10, 30, 100] (0: the whitelist only)")
     return stages
+
+
+def _level(value: object, field_name: str) -> Level:
+    return _choice(value, Level, field_name, "(P1 reverts, P2 alerts and holds promotion, P3 informs)")
+
+
+def _number(value: object, field_name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{field_name}: {value!r} is not a finite number")
+    return float(value)
+
+
+def _bounds(table: dict, field_name: str) -> tuple[tuple[Bound, float], ...]:
+    unknown = set(table) - {b.value for b in Bound}
+    if unknown:
+        raise ConfigError(f"{field_name}.{sorted(unknown)[0]}: unknown key; a stage row takes max and/or min")
+    return tuple((bound, _number(table[bound.value], f"{field_name}.{bound.value}")) for bound in Bound
+                 if bound.value in table)
+
+
+def _custom_metrics(rows: list) -> tuple[CustomMetric, ...]:
+    out, seen = [], set(METRICS)
+    for i, row in enumerate(rows):
+        name = f"health.metrics[{i}]"
+        metric = row.get("name")
+        if not isinstance(metric, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", metric):
+            raise ConfigError(f"{name}.name: give the metric a name of letters, digits and _, e.g. ai_failure_rate")
+        if metric in seen:
+            raise ConfigError(f"{name}.name: {metric} is defined twice (or is a built-in metric: set its limits in "
+                              "[[health.thresholds]] and its level in [health.levels])")
+        seen.add(metric)
+        path = row.get("path", metric)
+        if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", path):
+            raise ConfigError(f"{name}.path: {path!r} is not a dotted path such as data.ai.failure_rate")
+        limits = _bounds({k: v for k, v in row.items() if k in ("max", "min")}, name)
+        by_stage = []
+        for key, value in row.get("stages", {}).items():
+            if not isinstance(value, dict):
+                raise ConfigError(f"{name}.stages.{key}: expected a table such as {{ max = 0.05 }}")
+            by_stage.append((parse_percent(str(key), f"{name}.stages"), _bounds(value, f"{name}.stages.{key}")))
+        if not limits and not by_stage:
+            raise ConfigError(f"{name}: give max and/or min (the healthy range), e.g. max = 0.05")
+        scale = _number(row.get("scale", 1), f"{name}.scale")
+        if scale <= 0:
+            raise ConfigError(f"{name}.scale: give a positive multiplier, e.g. 0.01 for an answer in percent")
+        out.append(CustomMetric(metric, path, _level(row.get("level", Level.P2), f"{name}.level"), scale, limits,
+                                tuple(sorted(by_stage))))
+    return tuple(out)
 
 
 def _thresholds(rows: list) -> tuple[Thresholds, ...]:
@@ -513,7 +595,26 @@ def _health(base: Path, table: dict, state_dir: Path) -> HealthSettings:
         min_requests=min_requests,
         baseline_error_margin=margin,
         baseline_latency_factor=factor,
+        levels=tuple({**DEFAULT_LEVELS, **{m: _level(v, f"health.levels.{m}")
+                                           for m, v in table.get("levels", {}).items()}}.items()),
+        scales=tuple((m, _positive_scale(v, f"health.scale.{m}")) for m, v in sorted(table.get("scale", {}).items())),
+        custom=_custom_metrics(table.get("metrics", [])),
+        revert_levels=_revert_levels(table.get("revert_levels", ["P1"])),
     )
+
+
+def _positive_scale(value: object, field_name: str) -> float:
+    scale = _number(value, field_name)
+    if scale <= 0:
+        raise ConfigError(f"{field_name}: give a positive multiplier, e.g. 0.01 when the answer is in percent")
+    return scale
+
+
+def _revert_levels(values: list) -> tuple[Level, ...]:
+    levels = tuple(_level(v, f"health.revert_levels[{i}]") for i, v in enumerate(values))
+    if Level.P1 not in levels:
+        raise ConfigError('health.revert_levels: must include "P1" (a P1 breach always counts toward a revert)')
+    return levels
 
 
 def _headers(table: dict) -> tuple[tuple[str, str], ...]:

@@ -36,6 +36,7 @@ class Outcome(StrEnum):
     FAIL = "fail"
     NO_DATA = "no_data"  # the metrics could not be read, and no_data = "ignore"
     INCONCLUSIVE = "inconclusive"  # v1 fails as badly as v2: not v2's fault
+    ALERT = "alert"  # only P2 rules breached: alert and hold promotion, no revert (unless configured)
 
 
 class NoData(StrEnum):
@@ -58,6 +59,19 @@ class Source(StrEnum):
     BOTH = "both"
 
 
+class Level(StrEnum):
+    """How grave a breach is, as the rollout plan grades it."""
+
+    P1 = "P1"  # counts toward failures_before_revert: reverts
+    P2 = "P2"  # alerts (respecting the stage's cooldown) and holds promotion; reverts only if configured
+    P3 = "P3"  # information: logged and shown
+
+
+class Bound(StrEnum):
+    MAX = "max"  # healthy while value <= limit
+    MIN = "min"  # healthy while value >= limit
+
+
 DEFAULT_MODE = Mode.HASH
 DEFAULT_KEY = "$http_x_user_id"
 DEFAULT_FALLBACK_KEY = "$remote_addr"
@@ -66,6 +80,11 @@ DEFAULT_STATUS_LISTEN = "127.0.0.1:9181"
 # dead-letter growth is messages per hour, avg_response_time is seconds.
 METRICS = ("error_rate", "timeout_rate", "dead_letter_growth", "avg_response_time")
 RATE_METRICS = ("error_rate", "timeout_rate")
+# The plan's grading: error and timeout rates are P1, dead-letter growth and response time P2.
+DEFAULT_LEVELS = {"error_rate": Level.P1, "timeout_rate": Level.P1, "dead_letter_growth": Level.P2,
+                  "avg_response_time": Level.P2}
+# The plan's stages: the whitelist only, then 10%, 30%, 100% of users (hundredths).
+DEFAULT_STAGES = (0, 1000, 3000, 10000)
 
 
 @dataclass(frozen=True)

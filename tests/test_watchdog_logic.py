@@ -4,7 +4,7 @@ import pytest
 
 from fakes import HEALTHY
 from lbsplit.config import DEFAULT_THRESHOLDS
-from lbsplit.model import METRICS, NoData, OnBreach, Outcome, Stage
+from lbsplit.model import DEFAULT_LEVELS, METRICS, Level, NoData, OnBreach, Outcome, Stage
 from lbsplit.watch.endpoint import probe, redact
 from lbsplit.watch.judge import (
     ENDPOINT, Check, Missing, Reading, breach_target, cron_checks, decide, evaluate, extract,
@@ -32,11 +32,13 @@ def test_default_thresholds_are_the_plans_table():
     ("error_rate", 0.051, T10), ("timeout_rate", 0.021, T10), ("dead_letter_growth", 11, T10),
     ("avg_response_time", 31, T10), ("error_rate", 0.041, T30), ("avg_response_time", 20.5, T100),
 ])
-def test_each_metric_over_its_threshold_fails(metric, value, thresholds):
+def test_each_metric_over_its_threshold_fails_at_its_level(metric, value, thresholds):
     check = judged({**HEALTHY, metric: value}, thresholds=thresholds)
-    assert check.outcome == Outcome.FAIL
-    assert check.breaches == (Reading(metric, value, thresholds.limit(metric), ENDPOINT, ok=False),)
-    assert check.summary() == f"{metric} {value:.4g} > {thresholds.limit(metric):.4g}"
+    level = DEFAULT_LEVELS[metric]  # the plan: error and timeout rates P1, dead letters and latency P2
+    assert check.outcome == (Outcome.FAIL if level == Level.P1 else Outcome.ALERT)
+    assert check.breaches == (Reading(metric, value, thresholds.limit(metric), ENDPOINT, ok=False, level=level),)
+    suffix = "" if level == Level.P1 else f" [{level}]"
+    assert check.summary() == f"{metric} {value:.4g} > {thresholds.limit(metric):.4g}{suffix}"
 
 
 def test_healthy_passes_and_the_threshold_itself_is_allowed():

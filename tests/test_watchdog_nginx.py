@@ -120,7 +120,7 @@ def test_on_breach_previous_steps_back_one_stage(sandbox, endpoint):
     configure(sandbox, endpoint, health_extra='on_breach = "previous"\nfailures_before_revert = 1\n')
     ok(run_cli(sandbox.config_path, "apply", "10"))
     ok(run_cli(sandbox.config_path, "apply", "30"))
-    endpoint.mode = "breach:avg_response_time=40"
+    endpoint.mode = "breach:error_rate=0.2"  # P1 (avg_response_time is P2: it would only alert)
     assert run_cli(sandbox.config_path, "watchdog", "--once").returncode == EXIT_REVERTED
     status = json.loads(run_cli(sandbox.config_path, "status", "--json").stdout)
     assert status["percent"] == 10 and status["serving"]

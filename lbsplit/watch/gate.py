@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..config import Settings
 from ..errors import ConfigError, GateRefused, LbsplitError
-from ..model import NoData, Stage
+from ..model import Bound, Level, NoData, Stage
 from ..rollout import files
 from ..rollout.state import StateStore
 from ..rollout.transaction import Transaction, plan
@@ -40,15 +40,19 @@ def items_of(check: judge.Check, target: Stage) -> list[Item]:
     items = []
     for reading in check.readings:
         name = "access log" if reading.source == judge.LOG else reading.metric
-        limit = "v1 + margin" if reading.against == judge.BASELINE else "limit"
+        limit = "v1 + margin" if reading.against == judge.BASELINE else ("limit" if reading.bound == Bound.MAX else "min")
+        level = "" if reading.level == Level.P1 else f", {reading.level}"
+        # P1 and P2 hold a promotion; P3 only informs
         items.append(Item(name, reading.ok, f"{reading.metric + ' ' if name != reading.metric else ''}"
-                                            f"{reading.value:.4g} ({limit} {reading.limit:.4g} {at})"))
+                                            f"{reading.value:.4g} ({limit} {reading.limit:.4g} {at}{level})",
+                          blocking=reading.level != Level.P3))
     for note in check.notes:
         items.append(Item("access log", True, note, blocking=False))
     failing = check.policy == NoData.FAIL
     for missing in check.missing:
-        items.append(Item("health data", not failing, f"{missing.text()} (no_data = \"{check.policy}\")",
-                          blocking=failing))
+        blocking = failing and missing.level != Level.P3
+        items.append(Item("health data", not blocking, f"{missing.text()} (no_data = \"{check.policy}\")",
+                          blocking=blocking))
     return items
 
 
@@ -69,7 +73,8 @@ def health_items(settings: Settings, target: Stage, probe=endpoint.probe, clock=
         items.append(Item("access log", True, "v2 gets no traffic yet, so the access log cannot judge it",
                           blocking=False))
     if health.uses_endpoint or use_log:
-        check = sources.check_now(settings, health, thresholds, probe, clock, use_log=use_log)
+        check = sources.check_now(settings, health, thresholds, probe, clock, use_log=use_log,
+                                  hundredths=target.hundredths)
         items += items_of(check, target)
     return items
 

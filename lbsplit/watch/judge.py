@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..config import HealthSettings, Thresholds
-from ..model import METRICS, RATE_METRICS, NoData, OnBreach, Outcome, Stage
+from ..config import CustomMetric, HealthSettings, Thresholds
+from ..model import DEFAULT_LEVELS, METRICS, RATE_METRICS, Bound, Level, NoData, OnBreach, Outcome, Stage
 
 CRON_PERIOD = 60.0
 ENDPOINT = "endpoint"
@@ -29,12 +29,18 @@ class Reading:
     source: str  # ENDPOINT or LOG
     against: str = THRESHOLD  # THRESHOLD, or BASELINE (the limit is derived from v1's value)
     ok: bool = True
+    level: Level = Level.P1
+    bound: Bound = Bound.MAX
 
     def text(self) -> str:
         where = "log: v2 " if self.source == LOG else ""
-        relation = "<=" if self.ok else ">"
+        if self.bound == Bound.MAX:
+            relation = "<=" if self.ok else ">"
+        else:
+            relation = ">=" if self.ok else "<"
         basis = " (v1 + margin)" if self.against == BASELINE else ""
-        return f"{where}{self.metric} {self.value:.4g} {relation} {self.limit:.4g}{basis}"
+        level = "" if self.level == Level.P1 else f" [{self.level}]"
+        return f"{where}{self.metric} {self.value:.4g} {relation} {self.limit:.4g}{basis}{level}"
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,7 @@ class Missing:
     source: str
     why: str
     metric: str | None = None
+    level: Level = Level.P1
 
     def text(self) -> str:
         return f"{self.source}: {self.metric + ' ' if self.metric else ''}{self.why}"
@@ -117,25 +124,74 @@ def _outcome(breaches: bool, missing: bool, policy: NoData, inconclusive: bool =
     return Outcome.NO_DATA if missing else Outcome.PASS
 
 
+def _graded(readings: list, missing: list, policy: NoData, inconclusive: bool = False) -> Outcome:
+    """P1 breaches (and P1 data missing under no_data = fail) fail; P2 only alert; P3 only inform."""
+    failing = policy == NoData.FAIL
+    levels = {r.level for r in readings if not r.ok} | {m.level for m in missing if failing}
+    if Level.P1 in levels:
+        return Outcome.FAIL
+    if Level.P2 in levels:
+        return Outcome.ALERT
+    if inconclusive:
+        return Outcome.INCONCLUSIVE
+    return Outcome.NO_DATA if any(m.level != Level.P3 for m in missing) else Outcome.PASS
+
+
+def _scaled(value: object, scale: float) -> object:
+    if scale == 1 or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    try:
+        return value * scale
+    except OverflowError:
+        return math.inf
+
+
 def evaluate(payload: object, error: str | None, thresholds: Thresholds, fields: dict[str, str],
-             no_data: NoData) -> Check:
-    """Judge one answer of the health endpoint (`error`: why there is none) against the stage's thresholds."""
+             no_data: NoData, levels: dict[str, Level] | None = None, custom: tuple[CustomMetric, ...] = (),
+             scales: dict[str, float] | None = None, hundredths: int = 0) -> Check:
+    """Judge one answer of the health endpoint (`error`: why there is none) against the stage's rules.
+
+    The four built-in metrics against the stage's thresholds, at their levels; custom metrics
+    against their bounds for the stage (`hundredths`).
+    """
+    levels = {**DEFAULT_LEVELS, **(levels or {})}
+    scales = scales or {}
+    names = [*METRICS, *(c.name for c in custom)]
     if error is not None:
-        missing = (Missing(ENDPOINT, error),)
-        return Check(_outcome(False, True, no_data), (), missing, {m: None for m in METRICS}, no_data)
-    raw = extract(payload, fields)
+        missing = [Missing(ENDPOINT, error)]
+        return Check(_graded([], missing, no_data), (), tuple(missing), {m: None for m in names}, no_data)
+    raw = extract(payload, {**fields, **{c.name: c.path for c in custom}})
     metrics: dict[str, float | None] = {}
     readings, missing = [], []
     for metric in METRICS:
-        value, why = usable(metric, raw.get(metric))
+        value, why = usable(metric, _scaled(raw.get(metric), scales.get(metric, 1.0)))
         metrics[metric] = value
         if value is None:
-            missing.append(Missing(ENDPOINT, why or "missing", metric))
+            missing.append(Missing(ENDPOINT, why or "missing", metric, levels[metric]))
             continue
         limit = thresholds.limit(metric)
-        readings.append(Reading(metric, value, limit, ENDPOINT, ok=value <= limit))
-    breached = any(not r.ok for r in readings)
-    return Check(_outcome(breached, bool(missing), no_data), tuple(readings), tuple(missing), metrics, no_data)
+        readings.append(Reading(metric, value, limit, ENDPOINT, ok=value <= limit, level=levels[metric]))
+    for rule in custom:
+        value, why = usable_custom(_scaled(raw.get(rule.name), rule.scale))
+        metrics[rule.name] = value
+        if value is None:
+            missing.append(Missing(ENDPOINT, why or "missing", rule.name, rule.level))
+            continue
+        for bound, limit in rule.limits_for(hundredths):
+            ok = value <= limit if bound == Bound.MAX else value >= limit
+            readings.append(Reading(rule.name, value, limit, ENDPOINT, ok=ok, level=rule.level, bound=bound))
+    return Check(_graded(readings, missing, no_data), tuple(readings), tuple(missing), metrics, no_data)
+
+
+def usable_custom(value: object) -> tuple[float | None, str | None]:
+    """A custom metric's value when it is a finite number (any sign), else None and why."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None, "missing" if value is None else f"is not a number ({type(value).__name__})"
+    try:
+        number = float(value)
+    except OverflowError:
+        return None, "is too large to be a measurement"
+    return (number, None) if math.isfinite(number) else (None, f"is not finite ({value})")
 
 
 def evaluate_log(v1, v2, t: Thresholds, health: HealthSettings, problem: str | None = None) -> Check:
@@ -151,6 +207,7 @@ def evaluate_log(v1, v2, t: Thresholds, health: HealthSettings, problem: str | N
         "log_v1_error_rate": v1.error_rate, "log_v1_p95_response_time": v1.p95_response_time,
     }
     policy = health.no_data
+    levels = dict(health.levels)
     if problem or v2.requests < health.min_requests:
         why = problem or (f"not enough data: {v2.requests} v2 requests in the last {t.window:g}s "
                           f"(minimum {health.min_requests})")
@@ -163,7 +220,7 @@ def evaluate_log(v1, v2, t: Thresholds, health: HealthSettings, problem: str | N
         if value > limit and baseline and theirs is not None and theirs > limit:
             shared.append(f"log: v1 fails as badly ({metric} v1 {theirs:g}, v2 {value:g}); not blaming v2")
             continue
-        readings.append(Reading(metric, value, limit, LOG, ok=value <= limit))
+        readings.append(Reading(metric, value, limit, LOG, ok=value <= limit, level=levels.get(metric, Level.P1)))
     if baseline:
         margin = health.baseline_error_margin
         limit = v1.error_rate + margin
@@ -172,9 +229,9 @@ def evaluate_log(v1, v2, t: Thresholds, health: HealthSettings, problem: str | N
         p2, p1 = v2.p95_response_time, v1.p95_response_time
         # differences under 50 ms are histogram noise at these sizes, not a regression
         ok = not (p2 > p1 * factor and p2 - p1 > 0.05)
-        readings.append(Reading("p95_response_time", p2, max(p1 * factor, p1 + 0.05), LOG, BASELINE, ok=ok))
-    breached = any(not r.ok for r in readings)
-    return Check(_outcome(breached, False, policy, inconclusive=bool(shared)), tuple(readings), (), metrics, policy,
+        readings.append(Reading("p95_response_time", p2, max(p1 * factor, p1 + 0.05), LOG, BASELINE, ok=ok,
+                                level=levels.get("avg_response_time", Level.P2)))
+    return Check(_graded(readings, [], policy, inconclusive=bool(shared)), tuple(readings), (), metrics, policy,
                  tuple(shared))
 
 
@@ -183,7 +240,7 @@ def combine(checks: list[Check]) -> Check:
     if len(checks) == 1:
         return checks[0]
     outcomes = [c.outcome for c in checks]
-    for outcome in (Outcome.FAIL, Outcome.INCONCLUSIVE, Outcome.NO_DATA):
+    for outcome in (Outcome.FAIL, Outcome.ALERT, Outcome.INCONCLUSIVE, Outcome.NO_DATA):
         if outcome in outcomes:
             break
     else:
@@ -195,9 +252,15 @@ def combine(checks: list[Check]) -> Check:
                  checks[0].policy, sum((c.notes for c in checks), ()))
 
 
-def decide(consecutive: int, check: Check, failures_before_revert: int) -> Verdict:
-    """A pass resets the count, a failure adds one, ignored no-data leaves it; N in a row revert."""
-    if check.outcome == Outcome.PASS:
+def decide(consecutive: int, check: Check, failures_before_revert: int,
+           revert_levels: tuple[Level, ...] = (Level.P1,)) -> Verdict:
+    """A pass resets the count, a failure adds one, ignored no-data leaves it; N in a row revert.
+
+    A P2-only breach (an alert) counts like a pass, unless P2 is among `revert_levels`.
+    """
+    if check.outcome == Outcome.ALERT and Level.P2 in revert_levels:
+        check = Check(Outcome.FAIL, check.readings, check.missing, check.metrics, check.policy, check.notes)
+    if check.outcome in (Outcome.PASS, Outcome.ALERT):
         return Verdict(0, False)
     if check.outcome in (Outcome.NO_DATA, Outcome.INCONCLUSIVE):
         return Verdict(consecutive, False)

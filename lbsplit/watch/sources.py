@@ -16,11 +16,13 @@ from . import endpoint, judge
 from .logsource import Cursor, VariantStats, Window, read_appended, read_window, variant_of_addr
 
 
-def endpoint_check(health: HealthSettings, thresholds: Thresholds, probe=endpoint.probe) -> judge.Check:
+def endpoint_check(health: HealthSettings, thresholds: Thresholds, probe=endpoint.probe,
+                   hundredths: int = 0) -> judge.Check:
     """Probe the health endpoint once and judge the answer."""
     headers = endpoint.auth_headers(health.headers, health.bearer_token_file, health.bearer_token_env)
     sample = probe(health.url, health.timeout, headers)
-    return judge.evaluate(sample.payload, sample.error, thresholds, dict(health.fields), health.no_data)
+    return judge.evaluate(sample.payload, sample.error, thresholds, dict(health.fields), health.no_data,
+                          dict(health.levels), health.custom, dict(health.scales), hundredths)
 
 
 def window_stats(settings: Settings, health: HealthSettings, seconds: float, now: float) -> dict[str, VariantStats]:
@@ -40,11 +42,11 @@ def log_window_check(settings: Settings, health: HealthSettings, thresholds: Thr
 
 
 def check_now(settings: Settings, health: HealthSettings, thresholds: Thresholds, probe=endpoint.probe,
-              clock=time.time, use_log: bool = True) -> judge.Check:
-    """Every configured source, judged and combined (the gate's view of v2 right now)."""
+              clock=time.time, use_log: bool = True, hundredths: int = 0) -> judge.Check:
+    """Every configured source, judged and combined (the gate's view of v2 right now at stage `hundredths`)."""
     checks = []
     if health.uses_endpoint:
-        checks.append(endpoint_check(health, thresholds, probe))
+        checks.append(endpoint_check(health, thresholds, probe, hundredths))
     if health.uses_log and use_log:
         checks.append(log_window_check(settings, health, thresholds, clock()))
     return judge.combine(checks)

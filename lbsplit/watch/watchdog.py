@@ -82,10 +82,10 @@ class Watchdog:
             self._log(f"notify {event}: {error}")
         return error
 
-    def _measure(self, thresholds: Thresholds) -> tuple[judge.Check, sources.LogProgress | None]:
+    def _measure(self, thresholds: Thresholds, hundredths: int) -> tuple[judge.Check, sources.LogProgress | None]:
         checks, progress = [], None
         if self.health.uses_endpoint:
-            checks.append(sources.endpoint_check(self.health, thresholds, self.probe))
+            checks.append(sources.endpoint_check(self.health, thresholds, self.probe, hundredths))
         if self.health.uses_log:
             wd = load_state(self.state_path)
             log_check, progress = sources.incremental_log_check(
@@ -99,7 +99,7 @@ class Watchdog:
         if state is None or not state.v2_enabled:
             return RunResult(Kind.NOTHING)
         thresholds = self.health.thresholds_for(state.hundredths)
-        check, progress = self._measure(thresholds)
+        check, progress = self._measure(thresholds, state.hundredths)
 
         lock = files.Lock(self.store.lock_path, 0, "watchdog")
         if not lock.try_acquire():
@@ -147,7 +147,8 @@ class Watchdog:
         wd.busy_since, wd.busy_alerted = None, False
         if progress is not None:
             wd.log_cursor, wd.log_window = progress.cursor, progress.window
-        verdict = judge.decide(wd.consecutive_failures, check, self.health.failures_before_revert)
+        verdict = judge.decide(wd.consecutive_failures, check, self.health.failures_before_revert,
+                               self.health.revert_levels)
         wd.consecutive_failures = verdict.consecutive
         wd.last_check_at = self.clock()
         wd.last_outcome = str(check.outcome)
@@ -163,16 +164,22 @@ class Watchdog:
         result = RunResult(check.outcome, thresholds.check_every)
         if verdict.revert:
             result = self._revert(state, check, wd, lock)
-        elif check.outcome == Outcome.FAIL:
+        elif check.outcome in (Outcome.FAIL, Outcome.ALERT):
             now_ts = self.clock()
             cooldown_over = wd.last_alert_at is None or now_ts - wd.last_alert_at >= thresholds.alert_cooldown
             if cooldown_over:
                 wd.last_alert_at = now_ts
-                message = (f"lbsplit watchdog: v2 failed a check at {stage.describe()} "
-                           f"({verdict.consecutive}/{self.health.failures_before_revert} before revert): {detail}")
+                if check.outcome == Outcome.ALERT:
+                    message = (f"lbsplit watchdog: P2 alert at {stage.describe()} (holds promotion, no revert): "
+                               f"{detail}")
+                else:
+                    message = (f"lbsplit watchdog: v2 failed a check at {stage.describe()} "
+                               f"({verdict.consecutive}/{self.health.failures_before_revert} before revert): {detail}")
                 result.messages.append(message)
+                levels = sorted({r.level for r in check.breaches} | {m.level for m in check.missing})
                 self._notify("alert", {"stage": stage.describe(), "generation": state.generation, "reason": detail,
-                                       "metrics": check.metrics, "consecutive_failures": verdict.consecutive})
+                                       "metrics": check.metrics, "consecutive_failures": verdict.consecutive,
+                                       "levels": [str(level) for level in levels]})
         self._save(wd)
         self._write_prometheus(wd, thresholds)
         return result
