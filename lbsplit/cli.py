@@ -14,7 +14,7 @@ from .model import Stage, parse_percent
 from .rollout import status as status_mod
 from .rollout import transaction
 from .rollout.state import DamagedFile, StateStore
-from .watch import gate, sources
+from .watch import gate, planview, sources
 from .watch.logsource import parse_duration
 from .watch.watchdog import Watchdog
 
@@ -149,6 +149,9 @@ def check(obj: Context, percent: str | None) -> None:
 
     def go():
         stage, items = gate.check(obj.settings(), stage_arg(percent) if percent is not None else None)
+        if stage is None:
+            click.echo("v2 is at the last stage: nothing to promote (give a PERCENT to check one)")
+            return
         click.echo(f"promotion checklist for v2 at {stage.describe()}:")
         for item in items:
             click.echo(f"  {item.line()}")
@@ -159,10 +162,10 @@ def check(obj: Context, percent: str | None) -> None:
 
 
 @main.command()
-@click.option("--once", "mode", flag_value="once", help="Exactly one check, then exit.")
-@click.option("--loop", "mode", flag_value="loop", help="Check forever at the stage's interval (systemd service).")
+@click.option("--once", is_flag=True, help="Exactly one check, then exit.")
+@click.option("--loop", is_flag=True, help="Check forever at the stage's interval (systemd service).")
 @click.pass_obj
-def watchdog(obj: Context, mode: str | None) -> None:
+def watchdog(obj: Context, once: bool, loop: bool) -> None:
     """Check v2's health at the stage's frequency and revert on a sustained breach.
 
     For cron, every minute: the run makes the checks that one minute holds (4 at 15 s)
@@ -171,12 +174,15 @@ def watchdog(obj: Context, mode: str | None) -> None:
     """
 
     def go():
+        if once and loop:
+            raise ConfigError("--once and --loop: choose one (or neither: the checks one cron minute holds)")
+        mode = "once" if once else "loop" if loop else "cron"
         settings = obj.settings_for_revert()
         health = settings.require_health()
         if health is None:
             raise ConfigError("health: no [health] section; add one (url = v2's health endpoint) to use the watchdog")
         chatty = sys.stderr.isatty()
-        sys.exit(Watchdog(settings, health, echo=lambda m: click.echo(m, err=True), chatty=chatty).run(mode or "cron"))
+        sys.exit(Watchdog(settings, health, echo=lambda m: click.echo(m, err=True), chatty=chatty).run(mode))
 
     run(go)
 
@@ -266,16 +272,40 @@ def status_lines(s: dict) -> list[str]:
     return lines
 
 
+@main.command(name="plan")
+@json_option
+@click.pass_obj
+def plan_command(obj: Context, as_json: bool) -> None:
+    """Print the rollout plan (stages, thresholds, levels, windows, intervals) and where the rollout stands.
+
+    Example: lbsplit plan
+    """
+
+    def go():
+        view = planview.plan_view(obj.settings_for_revert())
+        if as_json:
+            click.echo(json.dumps(view, indent=2))
+        else:
+            for line in planview.plan_lines(view):
+                click.echo(line)
+
+    run(go)
+
+
 @main.command()
 @json_option
-@click.option("-n", "--limit", type=int, default=0, help="Only the last N entries.")
+@click.option("-n", "--limit", type=int, default=None, help="Only the last N entries (N >= 1).")
 @click.pass_obj
 def history(obj: Context, as_json: bool, limit: int) -> None:
     """One line per change: time, user, command, from -> to, reason. Example: lbsplit history -n 5"""
 
     def go():
+        if limit is not None and limit < 1:
+            raise ConfigError(f"-n: {limit} is not a number of entries; give 1 or more, or leave -n out for all")
         entries = StateStore(obj.settings(for_revert=True).state_dir).read_history()
-        for e in entries[-limit:] if limit > 0 else entries:
+        if not entries and not as_json:
+            click.echo("no history yet: nothing has been applied")
+        for e in entries[-limit:] if limit else entries:
             if as_json:
                 click.echo(json.dumps(e, ensure_ascii=False))
             else:

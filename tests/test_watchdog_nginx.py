@@ -193,7 +193,11 @@ def test_gate_warns_when_no_watchdog_runs_and_promote_follows_stages(sandbox, en
     result = ok(run_cli(sandbox.config_path, "check"))
     assert "for v2 at 100%" in result.stdout and "[ok  ] watchdog: last checked v2" in result.stdout
     ok(run_cli(sandbox.config_path, "promote"))
-    assert run_cli(sandbox.config_path, "promote").returncode == 2  # already at the last stage
+    last = run_cli(sandbox.config_path, "promote")  # already at the last stage: nothing to do, not an error
+    assert last.returncode == 0 and "nothing to promote" in last.stdout
+    checked = run_cli(sandbox.config_path, "check")
+    assert checked.returncode == 0 and "nothing to promote" in checked.stdout
+    assert [e["command"] for e in history(sandbox)][-3:] == ["promote 10", "promote 30", "promote 100"]
 
 
 def test_gate_without_health_says_so_and_proceeds(sandbox):

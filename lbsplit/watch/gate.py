@@ -11,11 +11,11 @@ import time
 from dataclasses import dataclass
 
 from ..config import Settings
-from ..errors import ConfigError, GateRefused, LbsplitError
+from ..errors import GateRefused, LbsplitError
 from ..model import Bound, Level, NoData, Stage
 from ..rollout import files
 from ..rollout.state import StateStore
-from ..rollout.transaction import Transaction, plan
+from ..rollout.transaction import Outcome, Transaction, plan
 from . import endpoint, judge, sources
 from .memory import load_state
 
@@ -160,16 +160,16 @@ def precheck_for(target: Stage, force: bool, probe=endpoint.probe, clock=time.ti
     return precheck
 
 
-def next_stage(settings: Settings) -> Stage:
-    """The first configured stage above the live one."""
-    if not settings.stages:
-        raise ConfigError("stages: not set; add e.g. stages = [10, 30, 100] to the config")
+def next_stage(settings: Settings) -> Stage | None:
+    """The first configured stage above the live one; None at the last stage."""
     state = StateStore(settings.state_dir).read_state_or_none()
     current = state.hundredths if state and state.v2_enabled else -1
     higher = [s for s in settings.stages if s > current]
-    if not higher:
-        raise ConfigError(f"stages: v2 is already at the last stage ({settings.stages[-1] / 100:g}%)")
-    return Stage.at(higher[0])
+    return Stage.at(higher[0]) if higher else None
+
+
+def _last_stage_note(settings: Settings) -> str:
+    return f"v2 is at the last stage ({Stage.at(settings.stages[-1]).describe()}): nothing to promote"
 
 
 def apply(settings: Settings, stage: Stage, reason: str = "", force: bool = False, command: str | None = None):
@@ -179,13 +179,22 @@ def apply(settings: Settings, stage: Stage, reason: str = "", force: bool = Fals
 
 
 def promote(settings: Settings, reason: str = "", force: bool = False):
-    """`lbsplit promote`: apply the next stage of `stages` through the gate."""
-    return apply(settings, next_stage(settings), reason, force)
+    """`lbsplit promote`: apply the next stage of `stages` through the gate (nothing at the last stage)."""
+    stage = next_stage(settings)
+    if stage is None:
+        state = StateStore(settings.state_dir).read_state_or_none()
+        return Outcome(state.generation if state else 0, state.stage if state else Stage.off(), changed=False,
+                       reloaded=False, messages=[_last_stage_note(settings)])
+    return apply(settings, stage, reason, force, command=f"promote {stage.percent}")
 
 
-def check(settings: Settings, percent: Stage | None) -> tuple[Stage, list[Item]]:
-    """`lbsplit check`: the checklist for `percent` (default: the next stage), under the lock, after repair."""
+def check(settings: Settings, percent: Stage | None) -> tuple[Stage | None, list[Item]]:
+    """`lbsplit check`: the checklist for `percent` (default: the next stage), under the lock, after repair.
+
+    At the last stage with no percent given there is nothing to check: (None, [])."""
     stage = percent if percent is not None else next_stage(settings)
+    if stage is None:
+        return None, []
     txn = Transaction(settings, "check")
     txn.store.ensure()
     with txn.lock():

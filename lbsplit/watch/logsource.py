@@ -38,7 +38,9 @@ def parse_duration(text: str) -> float:
     """'5m', '30s', '1h' or plain seconds."""
     units = {"s": 1, "m": 60, "h": 3600}
     raw = text.strip().lower()
-    number, unit = (raw[:-1], raw[-1]) if raw and raw[-1] in units else (raw, "s")
+    if not raw or raw[-1] not in units:
+        raise ValueError(f"{text!r} has no unit; write e.g. 30s, 5m or 1h")
+    number, unit = raw[:-1], raw[-1]
     try:
         value = float(number) * units[unit]
     except ValueError:

@@ -1,0 +1,59 @@
+"""`lbsplit plan` prints the seed plan's numbers; small command-line fixes found by trying it as a new user."""
+
+import json
+
+import pytest
+
+from conftest import run_cli
+
+SEED = '''state_dir = "state"
+[upstreams]
+v1 = ["127.0.0.1:1"]
+v2 = ["127.0.0.1:2"]
+[health]
+url = "http://127.0.0.1:1/health"
+'''
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "lbsplit.toml"
+    path.write_text(SEED)
+    return path
+
+
+def test_plan_prints_the_seed_plans_numbers(config):
+    result = run_cli(config, "plan")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1].split() == ["1", "whitelist", "only", "standard", "5%", "2%", "10", "30", "300s", "60s", "300s"]
+    assert lines[2].split() == ["2", "10%", "of", "users", "standard", "5%", "2%", "10", "30", "300s", "60s", "300s"]
+    assert lines[3].split() == ["3", "30%", "of", "users", "enhanced", "4%", "1.5%", "8", "25", "60s", "30s", "120s"]
+    assert lines[4].split() == ["4", "100%", "of", "users", "critical", "3%", "1%", "5", "20", "30s", "15s", "60s"]
+    assert "error_rate P1, timeout_rate P1, dead_letter_growth P2, avg_response_time P2" in result.stdout
+    assert "next: 0%" in result.stdout  # nothing applied: the first stage is the whitelist only
+
+
+def test_plan_json_has_custom_rules_per_stage(config):
+    config.write_text(SEED + '[[health.metrics]]\nname = "ai_failure_rate"\nmax = 0.05\nlevel = "P1"\n'
+                             'stages = { "10" = { max = 0.1 } }\n')
+    view = json.loads(run_cli(config, "plan", "--json").stdout)
+    limits = [s["custom"][0]["limit"] for s in view["stages"]]
+    assert limits == [0.1, 0.1, 0.05, 0.05] and view["of"] == 4
+    assert view["stages"][3]["thresholds"]["timeout_rate"] == {"limit": 0.01, "level": "P1"}
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["watchdog", "--once", "--loop"], "--once and --loop"),
+    (["history", "-n", "0"], "-n: 0"),
+    (["history", "-n", "-1"], "-n: -1"),
+    (["report", "--window", "5"], "no unit"),
+])
+def test_contradictions_and_odd_numbers_are_refused(config, args, fragment):
+    result = run_cli(config, *args)
+    assert result.returncode == 2 and fragment in result.stderr, result.stderr
+
+
+def test_an_empty_history_says_so(config):
+    result = run_cli(config, "history")
+    assert result.returncode == 0 and "no history yet" in result.stdout
