@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import click
 
@@ -126,14 +127,16 @@ def apply(obj: Context, percent: str, dry_run: bool, reason: str, force: bool) -
 
 @main.command()
 @reason_option
-@click.option("--force", is_flag=True, help="Promote even when the gate finds v2 unhealthy.")
+@click.option("--force", is_flag=True, help="Promote even when the gate refuses (recorded in the history).")
+@click.option("--confirm", "confirm", multiple=True, metavar="ITEM",
+              help="Record that you checked ITEM, a manual check the next stage requires (repeatable).")
 @click.pass_obj
-def promote(obj: Context, reason: str, force: bool) -> None:
-    """Move to the next stage of `stages` through the promotion gate.
+def promote(obj: Context, reason: str, force: bool, confirm: tuple[str, ...]) -> None:
+    """Move to the next stage of `stages` through the promotion gate: health, soak time, manual checks.
 
-    Example: with stages = [10, 30, 100] and v2 at 10%, `lbsplit promote` applies 30.
+    Example: lbsplit promote --confirm "user feedback positive" --reason "survey 2026-12-01"
     """
-    run(lambda: echo_outcome(gate.promote(obj.settings(), reason, force)))
+    run(lambda: echo_outcome(gate.promote(obj.settings(), reason, force, confirm)))
 
 
 @main.command(context_settings=PERCENT_ARG)
@@ -230,7 +233,7 @@ def status(obj: Context, as_json: bool) -> None:
     """
 
     def go():
-        s = status_mod.live_status(obj.settings(for_revert=True))
+        s = planview.full_status(obj.settings(for_revert=True))
         if as_json:
             click.echo(json.dumps(s, indent=2))
         else:
@@ -265,6 +268,19 @@ def status_lines(s: dict) -> list[str]:
         if s["served_owner"] not in (None, s["owner"]):
             lines.append(f"owner:       nginx serves the file of another lbsplit config (owner {s['served_owner']}, "
                          f"this one is {s['owner']}); two configs share one output_dir")
+    plan = s.get("plan") or {}
+    if plan.get("position"):
+        line = f"plan:        stage {plan['position']} of {plan['of']}"
+        if plan.get("soak_s"):
+            line += f", clean for {plan['clean_for_s'] / 3600:.1f}h of {plan['soak_s'] / 3600:g}h"
+        line += "; release complete" if plan.get("release_complete") else (
+            f"; next {plan['next']}%" if plan.get("next") is not None else "")
+        lines.append(line)
+    wd = s.get("watchdog") or {}
+    if wd.get("last_check_at"):
+        alerts = ", ".join(f"{a['level']} {a['rule']}" for a in wd["active_alerts"]) or "none"
+        lines.append(f"watchdog:    last check {wd['last_outcome']}, {wd['failures_in_a_row']} failed in a row, "
+                     f"active alerts: {alerts}")
     if s["unfinished_transaction"]:
         lines.append(f"unfinished:  `{s['unfinished_transaction']}` was interrupted; run `lbsplit repair`")
     if s["in_progress"]:
@@ -287,6 +303,26 @@ def plan_command(obj: Context, as_json: bool) -> None:
             click.echo(json.dumps(view, indent=2))
         else:
             for line in planview.plan_lines(view):
+                click.echo(line)
+
+    run(go)
+
+
+@main.command()
+@json_option
+@click.pass_obj
+def alerts(obj: Context, as_json: bool) -> None:
+    """List the active alerts: level, rule, value against its limit, since when, cooldown left.
+
+    Example: lbsplit alerts --json
+    """
+
+    def go():
+        view = planview.alerts_view(obj.settings_for_revert())
+        if as_json:
+            click.echo(json.dumps(view, indent=2))
+        else:
+            for line in planview.alert_lines(view, time.time()):
                 click.echo(line)
 
     run(go)

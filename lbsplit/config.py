@@ -15,7 +15,9 @@ from .model import (
     DEFAULT_FALLBACK_KEY,
     DEFAULT_KEY,
     DEFAULT_MODE,
+    DEFAULT_CHECKS,
     DEFAULT_LEVELS,
+    DEFAULT_SOAK,
     DEFAULT_STAGES,
     DEFAULT_STATUS_LISTEN,
     METRICS,
@@ -159,6 +161,21 @@ class NotifySettings:
 
 
 @dataclass(frozen=True)
+class PlanSettings:
+    """Soak times and manual checks per stage (hundredths), as the rollout plan sets them."""
+
+    soak: tuple[tuple[int, float], ...] = tuple(DEFAULT_SOAK.items())
+    checks: tuple[tuple[int, tuple[str, ...]], ...] = tuple(DEFAULT_CHECKS.items())
+    enforce_soak: bool = False  # True: an explicit `apply` must satisfy soak and checks too, not only `promote`
+
+    def soak_for(self, hundredths: int) -> float:
+        return dict(self.soak).get(hundredths, 0.0)
+
+    def checks_for(self, hundredths: int) -> tuple[str, ...]:
+        return dict(self.checks).get(hundredths, ())
+
+
+@dataclass(frozen=True)
 class Settings:
     path: Path
     state_dir: Path
@@ -173,6 +190,7 @@ class Settings:
     health: HealthSettings | None = None
     notify: NotifySettings | None = None
     health_error: ConfigError | None = field(default=None, compare=False)
+    plan: "PlanSettings" = field(default_factory=lambda: PlanSettings())
 
     def require_health(self) -> HealthSettings | None:
         """The [health] settings (None when there is no such section), or the error in them."""
@@ -220,6 +238,7 @@ SCHEMA: dict[str, object] = {
         "baseline_latency_factor": (int, float),
     },
     "notify": {"webhook": str, "timeout": (int, float)},
+    "plan": {"soak": dict, "checks": dict, "enforce_soak": bool},
     "nginx": {
         "binary": str,
         "conf": str,
@@ -271,6 +290,9 @@ def _check_keys(table: dict, schema: dict, prefix: str) -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{name}: expected a table [{name}], got {type(value).__name__}")
             _check_keys(value, expected, f"{name}.")
+        elif expected is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name}: expected true or false, got {value!r}")
         elif isinstance(value, bool) or not isinstance(value, expected):  # bool is an int in Python
             want = expected.__name__ if isinstance(expected, type) else "number"
             want = {"str": "a string", "list": "a list", "number": "a number"}.get(want, want)
@@ -419,6 +441,9 @@ def load(path: Path, for_revert: bool = False) -> Settings:
     notify = None
     if "notify" in data and "notify" not in broken:
         notify = _defer(other_errors, "notify", lambda: _notify(data["notify"]), for_revert, None)
+    plan = PlanSettings()
+    if "plan" in data and "plan" not in broken:
+        plan = _defer(other_errors, "plan", lambda: _plan(data["plan"]), for_revert, PlanSettings())
     warnings = tuple(dict.fromkeys(str(e) for e in split_errors + health_errors + other_errors))
     return Settings(
         path=path,
@@ -434,7 +459,32 @@ def load(path: Path, for_revert: bool = False) -> Settings:
         deferred_error=split_errors[0] if split_errors else None,
         health_error=health_errors[0] if health_errors else None,
         warnings=warnings,
+        plan=plan,
     )
+
+
+def _duration(value: object, field_name: str) -> float:
+    """Seconds from a number or a text such as 48h, 30m, 2d."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+        return float(value)
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([smhd])", value.strip()) if isinstance(value, str) else None
+    if not match:
+        raise ConfigError(f"{field_name}: {value!r} is not a duration; write e.g. 48h, 30m or 2d")
+    return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def _plan(table: dict) -> PlanSettings:
+    soak = dict(DEFAULT_SOAK)
+    for key, value in table.get("soak", {}).items():
+        soak[parse_percent(str(key), f"plan.soak.{key}")] = _duration(value, f"plan.soak.{key}")
+    checks = dict(DEFAULT_CHECKS)
+    for key, items in table.get("checks", {}).items():
+        name = f"plan.checks.{key}"
+        if not isinstance(items, list) or not all(isinstance(i, str) and i.strip() and len(i) <= 200 for i in items):
+            raise ConfigError(f'{name}: expected a list of check names, e.g. ["user feedback positive"]')
+        checks[parse_percent(str(key), name)] = tuple(i.strip() for i in items)
+    return PlanSettings(tuple(sorted(soak.items())), tuple(sorted((k, v) for k, v in checks.items() if v)),
+                        bool(table.get("enforce_soak", False)))
 
 
 def _seconds(value: object, field_name: str, low: float, high: float, zero_ok: bool = False) -> float:

@@ -85,6 +85,11 @@ DEFAULT_LEVELS = {"error_rate": Level.P1, "timeout_rate": Level.P1, "dead_letter
                   "avg_response_time": Level.P2}
 # The plan's stages: the whitelist only, then 10%, 30%, 100% of users (hundredths).
 DEFAULT_STAGES = (0, 1000, 3000, 10000)
+# Minimum clean time (no P1/P2 breach) at a stage before promoting past it; at the last stage, the
+# observation after which the release is complete. The plan: days at 10% and 30%, 24 h after 100%.
+DEFAULT_SOAK = {1000: 48 * 3600.0, 3000: 72 * 3600.0, 10000: 24 * 3600.0}
+# Items a person confirms (`lbsplit promote --confirm ITEM`) before a stage may be entered.
+DEFAULT_CHECKS = {10000: ("performance baseline passed", "user feedback positive")}
 
 
 @dataclass(frozen=True)

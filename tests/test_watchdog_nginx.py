@@ -184,8 +184,11 @@ def test_gate_refuses_a_widening_the_thresholds_forbid(sandbox, endpoint):
     assert v2_share(sandbox) == len(USERS) + 3
 
 
+NO_SOAK = '\n[plan]\nsoak = { "10" = "0s", "30" = "0s", "100" = "0s" }\nchecks = { "100" = [] }\n'
+
+
 def test_gate_warns_when_no_watchdog_runs_and_promote_follows_stages(sandbox, endpoint):
-    configure(sandbox, endpoint)
+    configure(sandbox, endpoint, health_extra=NO_SOAK)  # soak and manual checks: tests/test_soak.py
     ok(run_cli(sandbox.config_path, "promote"))  # off -> 10
     result = ok(run_cli(sandbox.config_path, "promote"))  # 10 -> 30 through the gate
     assert "[warn] watchdog: has never checked v2" in result.stdout

@@ -6,16 +6,17 @@ refuses a widening when a blocking item fails. It compares no threshold itself.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import time
 from dataclasses import dataclass
 
 from ..config import Settings
-from ..errors import GateRefused, LbsplitError
+from ..errors import ConfigError, GateRefused, LbsplitError
 from ..model import Bound, Level, NoData, Stage
 from ..rollout import files
 from ..rollout.state import StateStore
-from ..rollout.transaction import Outcome, Transaction, plan
+from ..rollout.transaction import Outcome, Transaction, actor, now, plan
 from . import endpoint, judge, sources
 from .memory import load_state
 
@@ -119,13 +120,83 @@ def revert_item(txn: Transaction) -> Item:
     return Item("revert config", True, "passes nginx -t")
 
 
-def checklist(txn: Transaction, target: Stage, probe=endpoint.probe, clock=time.time) -> list[Item]:
+def _epoch(iso: str) -> float | None:
+    try:
+        return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except (ValueError, AttributeError):
+        return None
+
+
+def _span(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def clean_time(settings: Settings, state, now: float) -> float | None:
+    """Seconds at the live stage with no P1/P2 breach (since it was applied, or since its last breach)."""
+    if state is None or not state.v2_enabled:
+        return None
+    since = _epoch(state.applied_at)
+    if since is None:
+        return None
+    wd = load_state(StateStore(settings.state_dir).watchdog_path)
+    if wd.last_breach_at is not None and wd.last_breach_generation == state.generation:
+        since = max(since, wd.last_breach_at)
+    return now - since
+
+
+def soak_item(settings: Settings, state, now: float, strict: bool) -> Item | None:
+    """Has the live stage been clean for its soak time? Refuses in strict mode, warns otherwise."""
+    need = settings.plan.soak_for(state.hundredths) if state is not None and state.v2_enabled else 0.0
+    if need <= 0:
+        return None
+    clean = clean_time(settings, state, now) or 0.0
+    ok = clean >= need
+    detail = f"clean for {_span(clean)} of {_span(need)} at {state.stage_text}"
+    if not ok:
+        detail += " (promote waits; a person's `apply` proceeds unless plan.enforce_soak)" if strict else \
+            " (proceeding: an explicit apply; set plan.enforce_soak = true to refuse)"
+    return Item("soak", ok, detail, blocking=strict)
+
+
+def confirmations(store: StateStore, generation: int | None, target: Stage) -> dict[str, dict]:
+    """Checks confirmed for `target` while the live generation was `generation`: item -> history entry."""
+    found = {}
+    for entry in store.read_history():
+        if entry.get("command") == "confirm" and entry.get("generation") == generation \
+                and entry.get("stage") == target.percent:
+            found[entry.get("item")] = entry
+    return found
+
+
+def check_items(settings: Settings, state, target: Stage, strict: bool) -> list[Item]:
+    """The manual checks `target` requires: confirmed (by whom, when) or still to do."""
+    required = settings.plan.checks_for(target.hundredths)
+    if not required:
+        return []
+    done = confirmations(StateStore(settings.state_dir), state.generation if state else None, target)
+    items = []
+    for name in required:
+        entry = done.get(name)
+        if entry:
+            items.append(Item(f"check: {name}", True, f"confirmed by {entry.get('user')} at {entry.get('time')}"))
+        else:
+            items.append(Item(f"check: {name}", False, f"to do: lbsplit promote --confirm \"{name}\"", blocking=strict))
+    return items
+
+
+def checklist(txn: Transaction, target: Stage, probe=endpoint.probe, clock=time.time, strict: bool = True) -> list[Item]:
+    """Everything the gate weighs for `target`; `strict` (promote): soak and manual checks refuse too."""
     state = txn.store.read_state_or_none()
     serving = state is not None and state.v2_enabled
     items = health_items(txn.settings, target, probe, clock, v2_serving=serving) + [revert_item(txn)]
     if txn.settings.health is not None:  # without [health] the health item already says there is nothing to watch
         items.append(watchdog_item(txn.settings, target, clock))
-    return items
+    soak = soak_item(txn.settings, state, clock(), strict)
+    if soak is not None:
+        items.append(soak)
+    return items + check_items(txn.settings, state, target, strict)
 
 
 def is_widening(current: Stage | None, target: Stage) -> bool:
@@ -137,15 +208,16 @@ def is_widening(current: Stage | None, target: Stage) -> bool:
     return target.hundredths > current.hundredths
 
 
-def precheck_for(target: Stage, force: bool, probe=endpoint.probe, clock=time.time):
-    """The precheck `apply` runs under its lock: refuse a widening that the thresholds forbid."""
+def precheck_for(target: Stage, force: bool, probe=endpoint.probe, clock=time.time, strict: bool = False):
+    """The precheck `apply` runs under its lock: refuse a widening that the thresholds (or, when
+    strict, the soak time and manual checks) forbid."""
 
     def precheck(txn: Transaction) -> list[str]:
         state = txn.store.read_state_or_none()
         current = state.stage if state else None
         if not is_widening(current, target):
             return []
-        items = checklist(txn, target, probe, clock)
+        items = checklist(txn, target, probe, clock, strict=strict or txn.settings.plan.enforce_soak)
         failing = [i for i in items if not i.ok and i.blocking]
         lines = [i.line() for i in items if not i.ok or not i.blocking]
         if failing and not force:
@@ -172,20 +244,41 @@ def _last_stage_note(settings: Settings) -> str:
     return f"v2 is at the last stage ({Stage.at(settings.stages[-1]).describe()}): nothing to promote"
 
 
-def apply(settings: Settings, stage: Stage, reason: str = "", force: bool = False, command: str | None = None):
+def apply(settings: Settings, stage: Stage, reason: str = "", force: bool = False, command: str | None = None,
+          strict: bool = False):
     """`lbsplit apply` / `promote`: the transaction, with the gate as its precheck."""
     txn = Transaction(settings, command or f"apply {stage.percent}", reason)
-    return txn.run(stage, precheck=precheck_for(stage, force))
+    return txn.run(stage, precheck=precheck_for(stage, force, strict=strict))
 
 
-def promote(settings: Settings, reason: str = "", force: bool = False):
-    """`lbsplit promote`: apply the next stage of `stages` through the gate (nothing at the last stage)."""
+def promote(settings: Settings, reason: str = "", force: bool = False, confirm: tuple[str, ...] = ()):
+    """`lbsplit promote`: record any confirmations, then apply the next stage of `stages` through the strict gate."""
     stage = next_stage(settings)
+    state = StateStore(settings.state_dir).read_state_or_none()
     if stage is None:
-        state = StateStore(settings.state_dir).read_state_or_none()
         return Outcome(state.generation if state else 0, state.stage if state else Stage.off(), changed=False,
                        reloaded=False, messages=[_last_stage_note(settings)])
-    return apply(settings, stage, reason, force, command=f"promote {stage.percent}")
+    notes = [record_confirmation(settings, state, stage, item, reason) for item in confirm]
+    outcome = apply(settings, stage, reason, force, command=f"promote {stage.percent}", strict=True)
+    outcome.messages[:0] = notes
+    return outcome
+
+
+def record_confirmation(settings: Settings, state, target: Stage, item: str, reason: str) -> str:
+    """A person's confirmation of a manual check for `target`, kept in the history."""
+    known = settings.plan.checks_for(target.hundredths)
+    if item not in known:
+        listed = ", ".join(f'"{k}"' for k in known) or "none"
+        raise ConfigError(f"--confirm: {item!r} is not a check of the {target.describe()} stage; its checks: {listed}")
+    txn = Transaction(settings, "confirm")
+    txn.store.ensure()
+    with txn.lock():
+        txn.store.append_history({"time": now(), "user": actor(), "command": "confirm", "item": item,
+                                  "stage": target.percent, "from": state.stage_text if state else "none",
+                                  "to": state.stage_text if state else "none",
+                                  "generation": state.generation if state else None, "reason": reason,
+                                  "result": f"confirmed for {target.describe()}"})
+    return f"confirmed \"{item}\" for {target.describe()}"
 
 
 def check(settings: Settings, percent: Stage | None) -> tuple[Stage | None, list[Item]]:

@@ -23,6 +23,9 @@ class WatchdogState:
     log_window: dict = field(default_factory=dict)
     busy_since: float | None = None  # when the watchdog first found the lock held by someone else
     busy_alerted: bool = False
+    last_breach_at: float | None = None  # the last P1/P2 breach (wall time): soak counts clean time from it
+    last_breach_generation: int | None = None
+    active_alerts: list = field(default_factory=list)  # the last check's breaches, for `lbsplit alerts`
 
 
 def load_state(path: Path) -> WatchdogState:
@@ -75,3 +78,21 @@ def prometheus_text(percent: float, generation: int, wd: WatchdogState, threshol
         lines += ["# HELP lbsplit_v2_threshold Threshold of each metric at the live stage.", "# TYPE lbsplit_v2_threshold gauge"]
         lines += [f'lbsplit_v2_threshold{{metric="{m}"}} {thresholds.limit(m):g}' for m in METRICS]
     return "\n".join(lines) + "\n"
+
+
+def active_alerts(check, previous: list, now: float) -> list[dict]:
+    """The check's breaches as alerts (level, rule, value, limit), each keeping the time it started."""
+    started = {(a.get("rule"), a.get("source")): a.get("since") for a in previous if isinstance(a, dict)}
+    out = []
+    for reading in check.breaches:
+        key = (reading.metric, reading.source)
+        out.append({"level": str(reading.level), "rule": reading.metric, "source": reading.source,
+                    "value": reading.value, "limit": reading.limit, "bound": str(reading.bound),
+                    "since": started.get(key) or now})
+    for missing in check.missing:
+        if check.policy == "fail":
+            key = (missing.metric or "data", missing.source)
+            out.append({"level": str(missing.level), "rule": missing.metric or "data", "source": missing.source,
+                        "value": None, "limit": None, "bound": "", "why": missing.why,
+                        "since": started.get(key) or now})
+    return out

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 from ..config import DEFAULT_THRESHOLDS, Settings
 from ..model import DEFAULT_LEVELS, METRICS, Level, Stage
 from ..rollout.state import StateStore
+from ..rollout.status import live_status
+from .gate import _span, clean_time
+from .memory import load_state
 
 MODES = ("standard", "enhanced", "critical")  # the plan's monitoring modes, by threshold row
 
@@ -13,7 +18,7 @@ def _limit(value: float, metric: str) -> str:
     return f"{100 * value:g}%" if metric.endswith("_rate") else f"{value:g}"
 
 
-def plan_view(settings: Settings) -> dict:
+def plan_view(settings: Settings, clock=time.time) -> dict:
     """Each stage with its thresholds, levels and custom rules; the live stage and the next one."""
     health = settings.health
     rows = health.thresholds if health else DEFAULT_THRESHOLDS
@@ -42,6 +47,9 @@ def plan_view(settings: Settings) -> dict:
     current = live.hundredths if live is not None and live.v2_enabled else -1
     higher = [h for h in settings.stages if h > current]
     next_stage = Stage.at(higher[0]).percent if higher else None
+    clean = clean_time(settings, state, clock())
+    soak = settings.plan.soak_for(live.hundredths) if live is not None and live.v2_enabled else 0.0
+    last = bool(settings.stages) and live is not None and live.v2_enabled and live.hundredths == settings.stages[-1]
     return {
         "stages": stages,
         "live": live.describe() if live else "nothing applied yet",
@@ -49,7 +57,23 @@ def plan_view(settings: Settings) -> dict:
         "of": len(stages),
         "next": next_stage,
         "health": health is not None,
+        "clean_for_s": clean,
+        "soak_s": soak,
+        "soak_done": clean is not None and clean >= soak,
+        "release_complete": last and clean is not None and clean >= soak,
     }
+
+
+def full_status(settings: Settings, clock=time.time) -> dict:
+    """`lbsplit status`: what is live and served, where the rollout stands in the plan, the watchdog's state."""
+    out = live_status(settings)
+    view = plan_view(settings, clock)
+    out["plan"] = {k: view[k] for k in ("position", "of", "next", "clean_for_s", "soak_s", "soak_done",
+                                         "release_complete")}
+    wd = load_state(StateStore(settings.state_dir).watchdog_path)
+    out["watchdog"] = {"last_check_at": wd.last_check_at, "last_outcome": wd.last_outcome or None,
+                       "failures_in_a_row": wd.consecutive_failures, "active_alerts": wd.active_alerts}
+    return out
 
 
 def plan_lines(view: dict) -> list[str]:
@@ -74,6 +98,36 @@ def plan_lines(view: dict) -> list[str]:
     where = (f"stage {view['position']} of {view['of']}" if view["position"] else view["live"])
     lines.append(f"live: {where}; next: {view['next'] + '%' if view['next'] is not None else 'none (last stage)'}"
                  + ("; `lbsplit check` shows what the gate says" if view["next"] is not None else ""))
+    if view["clean_for_s"] is not None and view["soak_s"]:
+        lines.append(f"soak: clean for {_span(view['clean_for_s'])} of {_span(view['soak_s'])}"
+                     + ("; release complete" if view["release_complete"] else ""))
     if not view["health"]:
         lines.append("no [health] section: these are the plan's defaults, and nothing is checked")
+    return lines
+
+
+def alerts_view(settings: Settings, clock=time.time) -> dict:
+    """`lbsplit alerts`: the last check's breaches, with when each started and the cooldown left."""
+    store = StateStore(settings.state_dir)
+    wd = load_state(store.watchdog_path)
+    state = store.read_state_or_none()
+    now = clock()
+    cooldown_left = 0.0
+    if settings.health is not None and state is not None and state.v2_enabled and wd.last_alert_at is not None:
+        cooldown = settings.health.thresholds_for(state.hundredths).alert_cooldown
+        cooldown_left = max(0.0, wd.last_alert_at + cooldown - now)
+    alerts = [a for a in wd.active_alerts if isinstance(a, dict)] if state is not None and state.v2_enabled else []
+    return {"alerts": alerts, "last_check_at": wd.last_check_at, "cooldown_left_s": cooldown_left}
+
+
+def alert_lines(view: dict, now: float) -> list[str]:
+    if not view["alerts"]:
+        return ["no active alerts" + ("" if view["last_check_at"] else " (the watchdog has not checked v2 yet)")]
+    lines = [f"{'level':<5}  {'rule':<24} {'value':>10} {'limit':>10}  since"]
+    for a in view["alerts"]:
+        value = "-" if a.get("value") is None else f"{a['value']:.4g}"
+        limit = "-" if a.get("limit") is None else f"{'>=' if a.get('bound') == 'min' else '<='}{a['limit']:.4g}"
+        lines.append(f"{a['level']:<5}  {a['rule']:<24} {value:>10} {limit:>10}  {_span(now - a['since'])} ago"
+                     + (f"  ({a['why']})" if a.get("why") else ""))
+    lines.append(f"next alert notification allowed in {_span(view['cooldown_left_s'])}")
     return lines

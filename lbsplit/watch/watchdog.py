@@ -18,7 +18,7 @@ from ..rollout import files
 from ..rollout.state import StateStore
 from ..rollout.transaction import Transaction, now
 from . import endpoint, judge, sources
-from .memory import WatchdogState, load_state, prometheus_text, save_state
+from .memory import WatchdogState, active_alerts, load_state, prometheus_text, save_state
 
 CRON_PERIOD = judge.CRON_PERIOD
 
@@ -153,6 +153,9 @@ class Watchdog:
         wd.last_check_at = self.clock()
         wd.last_outcome = str(check.outcome)
         wd.last_metrics = check.metrics
+        if check.outcome in (Outcome.FAIL, Outcome.ALERT):
+            wd.last_breach_at, wd.last_breach_generation = self.clock(), state.generation
+        wd.active_alerts = active_alerts(check, wd.active_alerts, self.clock())
         stage = state.stage
         values = " ".join(f"{m}={'-' if v is None else f'{v:g}'}" for m, v in check.metrics.items())
         detail = check.summary()
