@@ -199,7 +199,7 @@ def revert(obj: Context, reason: str) -> None:
     Needs only nginx: no health endpoint, no network, not even a valid [split] section.
     Example: lbsplit revert --reason "error rate 7%"
     """
-    run(lambda: echo_outcome(transaction.revert(obj.settings_for_revert(), reason)))
+    run(lambda: echo_outcome(gate.revert(obj.settings_for_revert(), reason)))
 
 
 @main.command(context_settings=PERCENT_ARG)

@@ -22,6 +22,7 @@ from .model import (
     DEFAULT_STATUS_LISTEN,
     METRICS,
     Bound,
+    Format,
     Level,
     RATE_METRICS,
     Mode,
@@ -155,9 +156,31 @@ class HealthSettings:
 
 
 @dataclass(frozen=True)
+class Webhook:
+    url: str
+    format: Format = Format.JSON
+    min_level: Level = Level.P3  # events at least this grave are sent (P3: everything)
+
+
+@dataclass(frozen=True)
 class NotifySettings:
-    webhook: str
+    webhooks: tuple[Webhook, ...]
     timeout: float
+
+    @property
+    def webhook(self) -> str:
+        return self.webhooks[0].url
+
+
+@dataclass(frozen=True)
+class HooksSettings:
+    """Commands (argv, never a shell) run around changes; see watch.hooks."""
+
+    pre_promote: tuple[str, ...] = ()
+    post_apply: tuple[str, ...] = ()
+    post_revert: tuple[str, ...] = ()
+    on_alert: tuple[str, ...] = ()
+    timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -191,6 +214,7 @@ class Settings:
     notify: NotifySettings | None = None
     health_error: ConfigError | None = field(default=None, compare=False)
     plan: "PlanSettings" = field(default_factory=lambda: PlanSettings())
+    hooks: "HooksSettings" = field(default_factory=lambda: HooksSettings())
 
     def require_health(self) -> HealthSettings | None:
         """The [health] settings (None when there is no such section), or the error in them."""
@@ -237,7 +261,10 @@ SCHEMA: dict[str, object] = {
         "baseline_error_margin": (int, float),
         "baseline_latency_factor": (int, float),
     },
-    "notify": {"webhook": str, "timeout": (int, float)},
+    "notify": {"webhook": str, "timeout": (int, float), "format": str, "min_level": str,
+               "webhooks": [{"url": str, "format": str, "min_level": str}]},
+    "hooks": {"pre_promote": list, "post_apply": list, "post_revert": list, "on_alert": list,
+              "timeout": (int, float)},
     "plan": {"soak": dict, "checks": dict, "enforce_soak": bool},
     "nginx": {
         "binary": str,
@@ -441,6 +468,9 @@ def load(path: Path, for_revert: bool = False) -> Settings:
     notify = None
     if "notify" in data and "notify" not in broken:
         notify = _defer(other_errors, "notify", lambda: _notify(data["notify"]), for_revert, None)
+    hooks = HooksSettings()
+    if "hooks" in data and "hooks" not in broken:
+        hooks = _defer(other_errors, "hooks", lambda: _hooks(data["hooks"]), for_revert, HooksSettings())
     plan = PlanSettings()
     if "plan" in data and "plan" not in broken:
         plan = _defer(other_errors, "plan", lambda: _plan(data["plan"]), for_revert, PlanSettings())
@@ -460,6 +490,7 @@ def load(path: Path, for_revert: bool = False) -> Settings:
         health_error=health_errors[0] if health_errors else None,
         warnings=warnings,
         plan=plan,
+        hooks=hooks,
     )
 
 
@@ -675,10 +706,33 @@ def _headers(table: dict) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(table.items()))
 
 
+def _webhook(table: dict, name: str, url_key: str) -> Webhook:
+    return Webhook(url=_http_url(table[url_key], f"{name}.{url_key}"),
+                   format=_choice(table.get("format", Format.JSON), Format, f"{name}.format"),
+                   min_level=_level(table.get("min_level", Level.P3), f"{name}.min_level"))
+
+
 def _notify(table: dict) -> NotifySettings:
-    if "webhook" not in table:
-        raise ConfigError("notify.webhook: missing; give a URL that receives a JSON POST")
+    hooks = [_webhook(table, "notify", "webhook")] if "webhook" in table else []
+    hooks += [_webhook(row, f"notify.webhooks[{i}]", "url") if "url" in row else
+              _missing(f"notify.webhooks[{i}].url") for i, row in enumerate(table.get("webhooks", []))]
+    if not hooks:
+        raise ConfigError("notify.webhook: missing; give a URL that receives the POST (or [[notify.webhooks]] rows)")
     timeout = float(table.get("timeout", 5))
     if not 0 < timeout <= 60:
         raise ConfigError("notify.timeout: give seconds between 0 and 60")
-    return NotifySettings(webhook=_http_url(table["webhook"], "notify.webhook"), timeout=timeout)
+    return NotifySettings(webhooks=tuple(hooks), timeout=timeout)
+
+
+def _missing(field_name: str):
+    raise ConfigError(f"{field_name}: missing; give the webhook's http:// or https:// URL")
+
+
+def _hooks(table: dict) -> HooksSettings:
+    argvs = {}
+    for name in ("pre_promote", "post_apply", "post_revert", "on_alert"):
+        argv = table.get(name, [])
+        if not all(isinstance(a, str) and a and "\0" not in a for a in argv):
+            raise ConfigError(f"hooks.{name}: expected an argv list of non-empty strings, e.g. [\"/usr/bin/smoke\", \"--quick\"]")
+        argvs[name] = tuple(argv)
+    return HooksSettings(**argvs, timeout=_seconds(table.get("timeout", 60), "hooks.timeout", 0, 3600))

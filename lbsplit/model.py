@@ -67,6 +67,16 @@ class Level(StrEnum):
     P3 = "P3"  # information: logged and shown
 
 
+class Format(StrEnum):
+    """The body a webhook expects."""
+
+    JSON = "json"  # the event as JSON, with a one-line "text"
+    SLACK = "slack"  # {"text": ...}, also Mattermost and Rocket.Chat
+    WECOM = "wecom"  # WeCom (WeChat Work) group robot
+    DINGTALK = "dingtalk"  # DingTalk group robot
+    FEISHU = "feishu"  # Feishu / Lark custom bot
+
+
 class Bound(StrEnum):
     MAX = "max"  # healthy while value <= limit
     MIN = "min"  # healthy while value >= limit

@@ -92,8 +92,8 @@ def test_p2_dead_letter_growth_at_30_alerts_and_holds_instead_of_reverting(sandb
         codes = [run_cli(sandbox.config_path, "watchdog", "--once").returncode for _ in range(3)]
         assert codes == [0, 0, 0]
         assert sandbox.variants([f"u{i}" for i in range(200)]).count("v2") == on_v2 > 0  # no revert
-        assert [e["event"] for e in webhook.received] == ["alert"]  # once, then the cooldown
-        assert webhook.received[0]["levels"] == ["P2"]
+        alerts = [e for e in webhook.received if e["event"] == "alert"]
+        assert len(alerts) == 1 and alerts[0]["levels"] == ["P2"] and alerts[0]["level"] == "P2"  # once: cooldown
         assert (sandbox.state_dir / "watchdog.log").read_text().count("check=ALERT") == 3
         refused = run_cli(sandbox.config_path, "promote")  # P2 holds promotion
         assert refused.returncode == 8 and "dead_letter_growth" in refused.stderr and "P2" in refused.stderr

@@ -66,7 +66,7 @@ def test_sustained_breach_reverts_after_three_checks_and_notifies(sandbox, endpo
     assert last["command"] == "watchdog revert" and last["to"] == "off"
     assert "error_rate 0.2 > 0.05" in last["reason"] and last["metrics"]["error_rate"] == 0.2
     events = [e["event"] for e in webhook.received]
-    assert events == ["alert", "revert"]  # one alert (then the 5-minute cooldown), then the revert
+    assert events == ["apply", "alert", "revert"]  # the person's apply; one alert (then the cooldown); the revert
     assert webhook.received[-1]["metrics"]["error_rate"] == 0.2
     # after a revert the watchdog never re-promotes, even once v2 is healthy again
     endpoint.mode = "healthy"
@@ -277,7 +277,7 @@ def test_when_nginx_itself_refuses_the_revert_the_watchdog_says_so_loudly(sandbo
         conf.write_text(original)
     assert result.returncode == 11
     assert "REVERT FAILED" in result.stderr and "broken_here" in result.stderr
-    assert [e["event"] for e in webhook.received] == ["revert_failed"]
+    assert [e["event"] for e in webhook.received] == ["apply", "revert_failed"]
     # once the main config is fixed, the next run reverts
     assert run_cli(sandbox.config_path, "watchdog", "--once").returncode == EXIT_REVERTED
     assert v2_share(sandbox) == 0

@@ -16,8 +16,9 @@ from ..errors import ConfigError, GateRefused, LbsplitError
 from ..model import Bound, Level, NoData, Stage
 from ..rollout import files
 from ..rollout.state import StateStore
+from ..rollout import transaction
 from ..rollout.transaction import Outcome, Transaction, actor, now, plan
-from . import endpoint, judge, sources
+from . import endpoint, hooks, judge, notify, sources
 from .memory import load_state
 
 REVERT_CHECKED = "revert-checked"  # in state_dir: the revert config and nginx binary that last passed
@@ -218,6 +219,12 @@ def precheck_for(target: Stage, force: bool, probe=endpoint.probe, clock=time.ti
         if not is_widening(current, target):
             return []
         items = checklist(txn, target, probe, clock, strict=strict or txn.settings.plan.enforce_soak)
+        if not [i for i in items if not i.ok and i.blocking]:
+            smoke = hooks.run(txn.settings, "pre_promote", {"stage": target.percent, "generation": state.generation
+                                                            if state else "", "from": current.percent if current
+                                                            and current.v2_enabled else "off", "reason": txn.reason})
+            if smoke is not None:
+                items.append(Item("pre_promote hook", smoke.ok, "passed" if smoke.ok else smoke.describe()))
         failing = [i for i in items if not i.ok and i.blocking]
         lines = [i.line() for i in items if not i.ok or not i.blocking]
         if failing and not force:
@@ -246,9 +253,33 @@ def _last_stage_note(settings: Settings) -> str:
 
 def apply(settings: Settings, stage: Stage, reason: str = "", force: bool = False, command: str | None = None,
           strict: bool = False):
-    """`lbsplit apply` / `promote`: the transaction, with the gate as its precheck."""
+    """`lbsplit apply` / `promote`: the transaction with the gate as its precheck; then the post_apply hook
+    and the notification."""
     txn = Transaction(settings, command or f"apply {stage.percent}", reason)
-    return txn.run(stage, precheck=precheck_for(stage, force, strict=strict))
+    outcome = txn.run(stage, precheck=precheck_for(stage, force, strict=strict))
+    if outcome.changed:
+        _after(settings, "post_apply", (command or "apply").split()[0], outcome, reason)
+    return outcome
+
+
+def revert(settings: Settings, reason: str = ""):
+    """`lbsplit revert`: the transaction first, needing nothing else; then the post_revert hook and the
+    notification, neither of which can block or undo it."""
+    outcome = transaction.revert(settings, reason)
+    if outcome.changed:
+        _after(settings, "post_revert", "revert", outcome, reason)
+    return outcome
+
+
+def _after(settings: Settings, hook: str, event: str, outcome, reason: str) -> None:
+    """Run the hook and announce the change; failures become messages (and a hook_failed event)."""
+    result = hooks.run(settings, hook, {"stage": outcome.stage.percent if outcome.stage.v2_enabled else "off",
+                                        "generation": outcome.generation, "reason": reason})
+    if result is not None and not result.ok:
+        outcome.messages.append(f"WARNING: {result.describe()}")
+        outcome.messages.extend(notify.send(settings, "hook_failed", Level.P2, result.describe(),
+                                            {"hook": hook, "exit_code": result.code, "output": result.tail}))
+    outcome.messages.extend(notify.announce(settings, event, outcome, reason))
 
 
 def promote(settings: Settings, reason: str = "", force: bool = False, confirm: tuple[str, ...] = ()):

@@ -26,6 +26,7 @@ class WatchdogState:
     last_breach_at: float | None = None  # the last P1/P2 breach (wall time): soak counts clean time from it
     last_breach_generation: int | None = None
     active_alerts: list = field(default_factory=list)  # the last check's breaches, for `lbsplit alerts`
+    release_generation: int | None = None  # the generation whose release_complete was announced
 
 
 def load_state(path: Path) -> WatchdogState:

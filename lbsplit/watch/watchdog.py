@@ -7,17 +7,16 @@ It decides nothing itself: `judge` gives the verdict.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 
 from ..config import HealthSettings, Settings, Thresholds
 from ..errors import ExitCode, LbsplitError
-from ..model import Outcome
+from ..model import Level, Outcome
 from ..rollout import files
 from ..rollout.state import StateStore
-from ..rollout.transaction import Transaction, now
-from . import endpoint, judge, sources
+from ..rollout.transaction import Transaction
+from . import endpoint, gate, hooks, judge, notify, sources
 from .memory import WatchdogState, active_alerts, load_state, prometheus_text, save_state
 
 CRON_PERIOD = judge.CRON_PERIOD
@@ -73,14 +72,9 @@ class Watchdog:
         except OSError as e:
             self.echo(f"lbsplit watchdog: cannot write {self.health.log}: {e.strerror}; {line}")
 
-    def _notify(self, event: str, payload: dict) -> str | None:
-        if self.settings.notify is None:
-            return None
-        body = {"event": event, "host": socket.gethostname(), "time": now(), **payload}
-        error = self.notify(self.settings.notify.webhook, body, self.settings.notify.timeout)
-        if error:
-            self._log(f"notify {event}: {error}")
-        return error
+    def _notify(self, event: str, payload: dict, level: Level = Level.P1, text: str = "") -> None:
+        for error in notify.send(self.settings, event, level, text or f"watchdog {event}", payload, post=self.notify):
+            self._log(error)
 
     def _measure(self, thresholds: Thresholds, hundredths: int) -> tuple[judge.Check, sources.LogProgress | None]:
         checks, progress = [], None
@@ -129,7 +123,7 @@ class Watchdog:
             self._log(message)
             if not wd.busy_alerted:
                 self._notify("stuck", {"stage": state.stage_text, "generation": state.generation, "holder": holder,
-                                       "held_seconds": round(held)})
+                                       "held_seconds": round(held)}, Level.P1, message)
                 wd.busy_alerted = True
             result = RunResult(Kind.STUCK, thresholds.check_every, [message])
         self._save(wd)
@@ -155,7 +149,11 @@ class Watchdog:
         wd.last_metrics = check.metrics
         if check.outcome in (Outcome.FAIL, Outcome.ALERT):
             wd.last_breach_at, wd.last_breach_generation = self.clock(), state.generation
+        elif check.outcome == Outcome.PASS and wd.active_alerts:
+            self._notify("recovery", {"stage": state.stage_text, "generation": state.generation},
+                         Level.P3, f"v2 at {state.stage_text} passes its checks again")
         wd.active_alerts = active_alerts(check, wd.active_alerts, self.clock())
+        self._release_complete(state, wd)
         stage = state.stage
         values = " ".join(f"{m}={'-' if v is None else f'{v:g}'}" for m, v in check.metrics.items())
         detail = check.summary()
@@ -182,10 +180,28 @@ class Watchdog:
                 levels = sorted({r.level for r in check.breaches} | {m.level for m in check.missing})
                 self._notify("alert", {"stage": stage.describe(), "generation": state.generation, "reason": detail,
                                        "metrics": check.metrics, "consecutive_failures": verdict.consecutive,
-                                       "levels": [str(level) for level in levels]})
+                                       "levels": [str(level) for level in levels]},
+                             levels[0] if levels else Level.P1, message)
+                hook = hooks.run(self.settings, "on_alert", {"stage": stage.percent, "generation": state.generation,
+                                                             "reason": detail})
+                if hook is not None and not hook.ok:
+                    self._log(hook.describe())
         self._save(wd)
         self._write_prometheus(wd, thresholds)
         return result
+
+    def _release_complete(self, state, wd: WatchdogState) -> None:
+        """Once per generation: the last stage has been clean for its observation time."""
+        stages = self.settings.stages
+        if not stages or state.hundredths != stages[-1] or wd.release_generation == state.generation:
+            return
+        need = self.settings.plan.soak_for(state.hundredths)
+        clean = gate.clean_time(self.settings, state, self.clock())
+        if clean is not None and clean >= need:
+            wd.release_generation = state.generation
+            self._log(f"gen={state.generation} release complete: {state.stage_text} clean for {clean / 3600:.1f}h")
+            self._notify("release_complete", {"stage": state.stage_text, "generation": state.generation}, Level.P3,
+                         f"release complete: v2 at {state.stage_text} has been clean for {clean / 3600:.1f}h")
 
     def _revert(self, state, check: judge.Check, wd: WatchdogState, lock) -> RunResult:
         stage = state.stage
@@ -201,7 +217,7 @@ class Watchdog:
             message = f"lbsplit watchdog: REVERT FAILED at {stage.describe()}: {e}"
             self._log(message)
             self._notify("revert_failed", {"stage": stage.describe(), "generation": state.generation, "error": str(e),
-                                           "metrics": check.metrics})
+                                           "metrics": check.metrics}, Level.P1, message)
             return RunResult(Kind.REVERT_FAILED, messages=[message])
         wd.consecutive_failures = 0
         wd.reverts_total += 1
@@ -209,7 +225,14 @@ class Watchdog:
                    f"(generation {outcome.generation}): {reason}")
         self._log(message)
         self._notify("revert", {"from": stage.describe(), "to": target.describe(), "generation": outcome.generation,
-                                "reason": reason, "metrics": check.metrics})
+                                "reason": reason, "metrics": check.metrics}, Level.P1, message)
+        hook = hooks.run(self.settings, "post_revert", {"stage": target.percent if target.v2_enabled else "off",
+                                                         "from": stage.percent, "generation": outcome.generation,
+                                                         "reason": reason})
+        if hook is not None and not hook.ok:
+            self._log(hook.describe())
+            self._notify("hook_failed", {"hook": "post_revert", "exit_code": hook.code, "output": hook.tail},
+                         Level.P2, hook.describe())
         return RunResult(Kind.REVERTED, messages=[message] + outcome.messages)
 
     def _write_prometheus(self, wd: WatchdogState, thresholds: Thresholds | None) -> None:
