@@ -361,14 +361,20 @@ def history(obj: Context, as_json: bool, limit: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output; has \"variant\": \"v1\"/\"v2\".")
 @click.pass_obj
 def route(obj: Context, user_id: str, percent: str | None, fallback: str | None, as_json: bool) -> None:
-    """Which variant USER_ID gets, and why, computed exactly as nginx does.
+    """Which variant USER_ID gets, and why, computed exactly as nginx does. USER_ID "-": ids from stdin, one per
+    line, answered as one JSON line each.
 
-    Example: lbsplit route test_user_001   or   lbsplit route u42 --percent 30 --json
+    Example: lbsplit route test_user_001   or   lbsplit route u42 --percent 30 --json   or   lbsplit route - < ids
     """
 
     def go():
         stage = stage_arg(percent) if percent is not None else None
-        answer = status_mod.route_user(obj.settings(for_revert=stage is None), user_id, stage, fallback)
+        explain = status_mod.router(obj.settings(for_revert=stage is None), stage, fallback)
+        if user_id == "-":
+            for line in sys.stdin:
+                click.echo(json.dumps(explain(line.rstrip("\r\n")).as_dict(), ensure_ascii=False))
+            return
+        answer = explain(user_id)
         if as_json:
             click.echo(json.dumps(answer.as_dict(), ensure_ascii=False, indent=2))
         else:

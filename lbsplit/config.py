@@ -301,6 +301,9 @@ def _check_keys(table: dict, schema: dict, prefix: str) -> None:
     for key, value in table.items():
         name = f"{prefix}{key}"
         if key not in schema:
+            if prefix and "." not in prefix[:-1] and key in SCHEMA and not isinstance(SCHEMA[key], (dict, list)):
+                raise ConfigError(f"{name}: unknown key; {key} is a top-level key: move it above the first [table] "
+                                  "of the file (in TOML a key under [table] belongs to that table)")
             close = difflib.get_close_matches(key, list(schema), n=1)
             hint = f"; did you mean {prefix}{close[0]}?" if close else f"; known keys: {', '.join(prefix + k for k in schema)}"
             raise ConfigError(f"{name}: unknown key{hint}")

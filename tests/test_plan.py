@@ -57,3 +57,42 @@ def test_contradictions_and_odd_numbers_are_refused(config, args, fragment):
 def test_an_empty_history_says_so(config):
     result = run_cli(config, "history")
     assert result.returncode == 0 and "no history yet" in result.stdout
+
+
+def test_a_top_level_key_under_a_table_gets_a_hint(config):
+    config.write_text(SEED + "[split]\nstages = [10, 30, 100]\n")
+    result = run_cli(config, "render", "10")
+    assert result.returncode == 2
+    assert "split.stages: unknown key; stages is a top-level key: move it above the first [table]" in result.stderr
+
+
+def test_route_dash_answers_ids_from_stdin_one_json_line_each(config):
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "lbsplit", "--config", str(config), "route", "-", "--percent", "30"]
+    done = subprocess.run(argv, input="alice\nbob\n\ncarol\n", capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [a["user_id"] for a in answers] == ["alice", "bob", "", "carol"]
+    single = json.loads(run_cli(config, "route", "bob", "--percent", "30", "--json").stdout)
+    assert answers[1] == single
+
+
+def test_force_overrides_and_the_share_wording_are_recorded(sandbox):
+    from fakes import HealthEndpoint
+
+    endpoint = HealthEndpoint()
+    try:
+        sandbox.write_config(whitelist=["vip"], mode="weight",
+                             extra=f'\n[health]\nurl = "{endpoint.url}"\ntimeout = 1\n')
+        zero = run_cli(sandbox.config_path, "apply", "0")
+        assert zero.returncode == 0 and "(the whitelist only)" in zero.stdout
+        endpoint.mode = "breach:error_rate=0.5"
+        forced = run_cli(sandbox.config_path, "apply", "30", "--force", "--reason", "hotfix")
+        assert forced.returncode == 0 and "the whitelist plus 30% of requests" in forced.stdout  # weight mode
+        last = json.loads(run_cli(sandbox.config_path, "history", "--json").stdout.splitlines()[-1])
+        assert last["command"] == "apply 30" and last["reason"] == "hotfix"
+        assert any(item.startswith("[FAIL] error_rate: 0.5") for item in last["forced"])
+    finally:
+        endpoint.close()

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import progress
 from ..config import NginxSettings
 from ..errors import EnvironmentProblem, NginxTestFailed, ReloadFailed
 from .dialect import ENTRY_FILE, STATUS_PATH, parse_status
@@ -339,10 +340,15 @@ class Nginx:
 
     def wait_serving(self, generation: int, old_workers: set[int], timeout: float) -> bool:
         """Wait until new connections can only reach the config of `generation`."""
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        told = False
         while True:
             if self.serving_generation() == generation and not self.still_accepting(old_workers):
                 return True
+            if not told and time.monotonic() - started > progress.AFTER:
+                progress.say(f"waiting for nginx to serve generation {generation} (up to {timeout:g}s)")
+                told = True
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.01)

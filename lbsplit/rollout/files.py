@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .. import progress
 from ..errors import EnvironmentProblem, LockBusy
 
 TEMP_PREFIX = ".lbsplit-tmp-"
@@ -161,12 +162,17 @@ class Lock:
             if e.errno == errno.ELOOP:
                 raise EnvironmentProblem(f"lock {self.path} is a symbolic link; remove it (lbsplit creates its own)") from None
             raise os_problem("open the lock", self.path, e) from None
-        deadline = time.monotonic() + self.timeout
+        started = time.monotonic()
+        deadline = started + self.timeout
+        told = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if not told and time.monotonic() - started > progress.AFTER:
+                    progress.say(f"waiting for the lock held by {self.holder()} (up to {self.timeout:g}s)")
+                    told = True
                 if time.monotonic() >= deadline:
                     os.close(fd)
                     raise LockBusy(

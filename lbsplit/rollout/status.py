@@ -77,10 +77,15 @@ def live_status(settings: Settings) -> dict:
 
 def route_user(settings: Settings, user_id: str, percent: Stage | None, fallback: str | None) -> Route:
     """Explain USER_ID's variant: under `percent` with the config's whitelist, else as nginx serves now."""
+    return router(settings, percent, fallback)(user_id)
+
+
+def router(settings: Settings, percent: Stage | None, fallback: str | None):
+    """A function user id -> Route, with the whitelist read once (for `route -`, many ids)."""
     if percent is not None:
         _, split = settings.require_rollout()
         keys = folded_keys(whitelist_mod.load(split).ids)
-        return explain(user_id, percent, split.mode, keys, fallback, split.fallback_key)
+        return lambda user_id: explain(user_id, percent, split.mode, keys, fallback, split.fallback_key)
     state = StateStore(settings.state_dir).read_state()
     if state is None:
         raise ConfigError("route: nothing is applied yet; pass --percent P to ask about a stage")
@@ -89,4 +94,5 @@ def route_user(settings: Settings, user_id: str, percent: Stage | None, fallback
     if include:  # the whitelist lives in its map file
         live = (files.read_bytes(Path(include)) or b"").decode("utf-8", errors="replace")
     fallback_name = settings.split.fallback_key if settings.split else DEFAULT_FALLBACK_KEY
-    return explain(user_id, state.stage, Mode(state.mode), folded_keys(whitelist_ids(live)), fallback, fallback_name)
+    keys = folded_keys(whitelist_ids(live))
+    return lambda user_id: explain(user_id, state.stage, Mode(state.mode), keys, fallback, fallback_name)

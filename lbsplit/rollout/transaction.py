@@ -233,6 +233,7 @@ class Transaction:
         self.store = StateStore(settings.state_dir)
         self.nginx = Nginx(settings.nginx)
         self.live = settings.nginx.live_file
+        self.forced: list[str] = []  # set by the gate's precheck when --force overrides it
 
     def lock(self, purpose: str | None = None) -> files.Lock:
         return files.Lock(self.store.lock_path, self.settings.lock_timeout, purpose or self.command)
@@ -355,6 +356,8 @@ class Transaction:
                      "to": stage.describe(), "generation": generation, "reason": self.reason, "result": note}
             if self.metrics:
                 entry["metrics"] = self.metrics
+            if self.forced:
+                entry["forced"] = self.forced  # the gate's failing items a person overrode with --force
             self.store.append_history(entry)
         failpoint("after-history")
 
@@ -478,7 +481,7 @@ class Transaction:
             )
             result = "installed; nginx not running, not reloaded"
         else:
-            messages.append(f"nginx serves generation {generation}: v2 {stage.describe()}")
+            messages.append(f"nginx serves generation {generation}: v2 {stage.describe()} ({share(stage, prepared.inputs.mode)})")
             result = "applied and verified"
         try:
             self._record(generation, stage, data, reloaded=master is not None, command=self.command, note=result,
@@ -610,6 +613,17 @@ class Transaction:
             f"nginx still serves generation {seen} after {self.settings.nginx.verify_timeout:g}s, not {generation}; "
             "the reload did not take effect (nginx's error log says why, e.g. a port in use)"
         )
+
+
+def share(stage: Stage, mode: Mode) -> str:
+    """Who is on v2, in the user's words: weight mode splits requests, hash mode splits users."""
+    if not stage.v2_enabled:
+        return "everyone on v1"
+    if stage.hundredths == 0:
+        return "the whitelist only"
+    if stage.hundredths == FULL:
+        return "everyone"
+    return f"the whitelist plus {stage.percent}% of {'requests' if mode == Mode.WEIGHT else 'users'}"
 
 
 def init(settings: Settings) -> Outcome:

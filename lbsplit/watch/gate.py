@@ -234,6 +234,7 @@ def precheck_for(target: Stage, force: bool, probe=endpoint.probe, clock=time.ti
             )
         if failing:
             lines.insert(0, "gate overridden with --force:")
+            txn.forced = [i.line() for i in failing]
         return lines
 
     return precheck
