@@ -190,6 +190,7 @@ class PlanSettings:
     soak: tuple[tuple[int, float], ...] = tuple(DEFAULT_SOAK.items())
     checks: tuple[tuple[int, tuple[str, ...]], ...] = tuple(DEFAULT_CHECKS.items())
     enforce_soak: bool = False  # True: an explicit `apply` must satisfy soak and checks too, not only `promote`
+    auto_promote: bool = False  # True: the watchdog promotes when soak and gate pass (never past unconfirmed checks)
 
     def soak_for(self, hundredths: int) -> float:
         return dict(self.soak).get(hundredths, 0.0)
@@ -265,7 +266,7 @@ SCHEMA: dict[str, object] = {
                "webhooks": [{"url": str, "format": str, "min_level": str}]},
     "hooks": {"pre_promote": list, "post_apply": list, "post_revert": list, "on_alert": list,
               "timeout": (int, float)},
-    "plan": {"soak": dict, "checks": dict, "enforce_soak": bool},
+    "plan": {"soak": dict, "checks": dict, "enforce_soak": bool, "auto_promote": bool},
     "nginx": {
         "binary": str,
         "conf": str,
@@ -518,7 +519,7 @@ def _plan(table: dict) -> PlanSettings:
             raise ConfigError(f'{name}: expected a list of check names, e.g. ["user feedback positive"]')
         checks[parse_percent(str(key), name)] = tuple(i.strip() for i in items)
     return PlanSettings(tuple(sorted(soak.items())), tuple(sorted((k, v) for k, v in checks.items() if v)),
-                        bool(table.get("enforce_soak", False)))
+                        bool(table.get("enforce_soak", False)), bool(table.get("auto_promote", False)))
 
 
 def _seconds(value: object, field_name: str, low: float, high: float, zero_ok: bool = False) -> float:

@@ -128,3 +128,26 @@ def test_the_alerts_view_lists_what_the_last_check_found(sandbox):
         assert "no active alerts" in run_cli(sandbox.config_path, "alerts").stdout
     finally:
         endpoint.close()
+
+
+def test_auto_promote_moves_on_when_soak_and_gate_pass_but_never_past_unconfirmed_checks(sandbox):
+    endpoint = HealthEndpoint()
+    try:
+        configure(sandbox, endpoint, plan='\n[plan]\nauto_promote = true\nsoak = { "10" = "1h", "30" = "0s" }\n')
+        ok(run_cli(sandbox.config_path, "apply", "10"))
+        ok(run_cli(sandbox.config_path, "watchdog", "--once"))  # 10% has soaked 0 of 1 h: held
+        assert json.loads(run_cli(sandbox.config_path, "status", "--json").stdout)["percent"] == 10
+        assert "auto-promote to 30% held: [FAIL] soak" in (sandbox.state_dir / "watchdog.log").read_text()
+        age_stage(sandbox, 2)
+        result = ok(run_cli(sandbox.config_path, "watchdog", "--once"))
+        assert "auto-promoted v2 to 30%" in result.stderr
+        status = json.loads(run_cli(sandbox.config_path, "status", "--json").stdout)
+        assert status["percent"] == 30 and status["serving"]
+        assert 0.2 < sandbox.variants([f"u{i}" for i in range(300)]).count("v2") / 300 < 0.4
+        # 100% needs the two manual checks: the watchdog does not go there on its own
+        ok(run_cli(sandbox.config_path, "watchdog", "--once"))
+        assert json.loads(run_cli(sandbox.config_path, "status", "--json").stdout)["percent"] == 30
+        history = [json.loads(l) for l in run_cli(sandbox.config_path, "history", "--json").stdout.splitlines()]
+        assert [e["command"] for e in history][-1] == "auto-promote 30"
+    finally:
+        endpoint.close()

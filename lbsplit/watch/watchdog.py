@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..config import HealthSettings, Settings, Thresholds
-from ..errors import ExitCode, LbsplitError
+from ..errors import ExitCode, GateRefused, LbsplitError
 from ..model import Level, Outcome
 from ..rollout import files
 from ..rollout.state import StateStore
@@ -165,6 +165,8 @@ class Watchdog:
         result = RunResult(check.outcome, thresholds.check_every)
         if verdict.revert:
             result = self._revert(state, check, wd, lock)
+        elif check.outcome == Outcome.PASS and self.settings.plan.auto_promote:
+            result.messages.extend(self._auto_promote(state, lock))
         elif check.outcome in (Outcome.FAIL, Outcome.ALERT):
             now_ts = self.clock()
             cooldown_over = wd.last_alert_at is None or now_ts - wd.last_alert_at >= thresholds.alert_cooldown
@@ -189,6 +191,32 @@ class Watchdog:
         self._save(wd)
         self._write_prometheus(wd, thresholds)
         return result
+
+    def _auto_promote(self, state, lock) -> list[str]:
+        """plan.auto_promote: the next stage, through the strict gate (soak, health, confirmed checks)."""
+        target = gate.next_stage(self.settings)
+        if target is None:
+            return []
+        state_now = self.store.read_state_or_none()
+        if [i for i in gate.check_items(self.settings, state_now, target, strict=True) if not i.ok]:
+            return []  # a person must confirm the manual checks first; the gate would say so
+        txn = Transaction(self.settings, f"auto-promote {target.percent}", "watchdog: soak and gate passed")
+        precheck = gate.precheck_for(target, force=False, probe=self.probe, clock=self.clock, strict=True)
+        try:
+            outcome = txn.run(target, lock_held=lock, precheck=precheck)
+        except GateRefused as e:
+            first = str(e).splitlines()
+            held = next((line.strip() for line in first if "[FAIL]" in line), first[0])
+            self._log(f"gen={state.generation} auto-promote to {target.describe()} held: {held}")
+            return []
+        except LbsplitError as e:
+            self._log(f"gen={state.generation} auto-promote to {target.describe()} failed: {e}")
+            return [f"lbsplit watchdog: auto-promote to {target.describe()} failed: {e}"]
+        message = f"lbsplit watchdog: auto-promoted v2 to {target.describe()} (generation {outcome.generation})"
+        self._log(message)
+        self._notify("promote", {"stage": target.describe(), "generation": outcome.generation,
+                                 "reason": "auto_promote"}, Level.P3, message)
+        return [message]
 
     def _release_complete(self, state, wd: WatchdogState) -> None:
         """Once per generation: the last stage has been clean for its observation time."""
