@@ -156,3 +156,14 @@ def test_a_gzip_bomb_is_cut_off_at_the_cap_of_decoded_bytes():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_watchdog_at_a_terminal_prints_every_check_and_why_it_skips(tmp_path):
+    lines = []
+    wd, store, _ = runner(tmp_path, healthy_probe, clock=lambda: 1_800_000_000.0, sleep=lambda s: None)
+    wd.chatty, wd.echo = True, lines.append
+    assert wd.run("once") == ExitCode.OK
+    assert len(lines) == 1 and "check=PASS" in lines[0]
+    with Lock(store.lock_path, 0, "an apply"):
+        assert wd.run("once") == ExitCode.OK
+    assert lines[-1].startswith("check skipped: pid") and "an apply" in lines[-1]

@@ -97,7 +97,10 @@ class Watchdog:
 
         lock = files.Lock(self.store.lock_path, 0, "watchdog")
         if not lock.try_acquire():
-            return self._busy(state, thresholds, lock.holder())
+            result = self._busy(state, thresholds, lock.holder())
+            if self.chatty and result.kind == Kind.BUSY:
+                self.echo(f"check skipped: {lock.holder()} holds the lock")
+            return result
         try:
             current = self.store.read_state_or_none()
             if current is None or current.generation != state.generation:
@@ -157,11 +160,12 @@ class Watchdog:
         stage = state.stage
         values = " ".join(f"{m}={'-' if v is None else f'{v:g}'}" for m, v in check.metrics.items())
         detail = check.summary()
-        self._log(
-            f"gen={state.generation} stage={stage.describe()} check={check.outcome.upper()} "
-            f"consecutive={verdict.consecutive}/{self.health.failures_before_revert} no_data={check.policy} "
-            f"{values}" + (f" [{detail}]" if detail else "")
-        )
+        line = (f"gen={state.generation} stage={stage.describe()} check={check.outcome.upper()} "
+                f"consecutive={verdict.consecutive}/{self.health.failures_before_revert} no_data={check.policy} "
+                f"{values}" + (f" [{detail}]" if detail else ""))
+        self._log(line)
+        if self.chatty:  # a person at a terminal sees every check, a pass too
+            self.echo(line)
         result = RunResult(check.outcome, thresholds.check_every)
         if verdict.revert:
             result = self._revert(state, check, wd, lock)
