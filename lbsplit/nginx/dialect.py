@@ -299,14 +299,19 @@ def _parse(text: str) -> list[dict]:
     return payload["config"][0]["parsed"]
 
 
-def check_whitelist_text(text: str, size: int) -> None:
-    """Raise StructureError unless `text` is exactly `size` whitelist lines as map_key writes them."""
-    count = text.count("\n")
+def _check_key_lines(block: str, size: int, where: str) -> None:
+    """Raise StructureError unless `block` is exactly `size` whitelist lines as map_key writes them."""
+    count = block.count("\n")
     if count != size:
-        raise StructureError(f"the whitelist map file has {count} lines, expected {size}")
-    if not _KEY_BLOCK.fullmatch(text):
-        bad = next(line for line in text.split("\n") if not _KEY_BLOCK.fullmatch(line + "\n"))
-        raise StructureError(f"a line of the whitelist map file is not one quoted key: {bad[:80]!r}")
+        raise StructureError(f"{where} has {count} whitelist lines, expected {size}")
+    if not _KEY_BLOCK.fullmatch(block):
+        bad = next(line for line in block.split("\n") if not _KEY_BLOCK.fullmatch(line + "\n"))
+        raise StructureError(f"a whitelist line of {where} is not one quoted key: {bad[:80]!r}")
+
+
+def check_whitelist_text(text: str, size: int) -> None:
+    """Raise StructureError unless `text` is a whitelist map file of `size` ids."""
+    _check_key_lines(text, size, "the whitelist map file")
 
 
 _INCLUDE_LINE = re.compile(r"^    include (/\S+/" + WHITELIST_DIR + r"/whitelist-[0-9a-f]{32}\.map);\n", re.MULTILINE)
@@ -341,12 +346,8 @@ def _split_keys(text: str, whitelist_size: int, include: bool = False) -> tuple[
         default_end = found.end()
     end = text.index("\n}\n", default_end - 1) + 1
     block = text[default_end:end]
-    count = block.count("\n")
-    if count != whitelist_size:
-        raise StructureError(f"$lbsplit_upstream map has {count} whitelist lines, expected {whitelist_size}")
-    if not _KEY_BLOCK.fullmatch(block):
-        bad = next(line for line in block.split("\n") if not _KEY_BLOCK.fullmatch(line + "\n"))
-        raise StructureError(f"a whitelist line of the rendered map is not one quoted key: {bad[:80]!r}")
+    _check_key_lines(block, whitelist_size, "the $lbsplit_upstream map")
+    count = whitelist_size
     sample_end = default_end
     for _ in range(min(SAMPLE_KEYS, count)):
         sample_end = text.index("\n", sample_end) + 1

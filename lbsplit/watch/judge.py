@@ -82,8 +82,11 @@ class Verdict:
     revert: bool
 
 
-def usable(metric: str, value: object) -> tuple[float | None, str | None]:
-    """A metric's value when it is a finite number in its valid range, else None and why."""
+def usable(metric: str | None, value: object) -> tuple[float | None, str | None]:
+    """A metric's value when it is a finite number in its valid range, else None and why.
+
+    Built-in metrics are >= 0, rates at most 1; a custom metric (`metric` None) may be any finite number.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None, "missing" if value is None else f"is not a number ({type(value).__name__})"
     try:
@@ -92,10 +95,12 @@ def usable(metric: str, value: object) -> tuple[float | None, str | None]:
         return None, "is too large to be a measurement"
     if not math.isfinite(number):
         return None, f"is not finite ({value})"
+    if metric is None:
+        return number, None
     if number < 0:
         return None, f"is negative ({number:g})"
     if metric in RATE_METRICS and number > 1:
-        return None, f"is above 1 ({number:g}); rates are fractions 0..1 (scale it with health.fields)"
+        return None, f"is above 1 ({number:g}); rates are fractions 0..1 (scale it with health.scale)"
     return number, None
 
 
@@ -172,7 +177,7 @@ def evaluate(payload: object, error: str | None, thresholds: Thresholds, fields:
         limit = thresholds.limit(metric)
         readings.append(Reading(metric, value, limit, ENDPOINT, ok=value <= limit, level=levels[metric]))
     for rule in custom:
-        value, why = usable_custom(_scaled(raw.get(rule.name), rule.scale))
+        value, why = usable(None, _scaled(raw.get(rule.name), rule.scale))
         metrics[rule.name] = value
         if value is None:
             missing.append(Missing(ENDPOINT, why or "missing", rule.name, rule.level))
@@ -183,15 +188,6 @@ def evaluate(payload: object, error: str | None, thresholds: Thresholds, fields:
     return Check(_graded(readings, missing, no_data), tuple(readings), tuple(missing), metrics, no_data)
 
 
-def usable_custom(value: object) -> tuple[float | None, str | None]:
-    """A custom metric's value when it is a finite number (any sign), else None and why."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None, "missing" if value is None else f"is not a number ({type(value).__name__})"
-    try:
-        number = float(value)
-    except OverflowError:
-        return None, "is too large to be a measurement"
-    return (number, None) if math.isfinite(number) else (None, f"is not finite ({value})")
 
 
 def evaluate_log(v1, v2, t: Thresholds, health: HealthSettings, problem: str | None = None) -> Check:
