@@ -4,15 +4,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench install nginx wrk clean
+.PHONY: demo test test-slow bench install nginx lua wrk clean
 
 demo: install
 	$(PY) -m lbsplit.demo
 
-test: install
+test: install lua
 	$(PY) -m pytest -q
 
-test-slow: install
+test-slow: install lua
 	$(PY) -m pytest -q -m slow
 
 bench: install wrk
@@ -30,6 +30,10 @@ $(STAMP): pyproject.toml
 # private nginx on loopback; the system service is not used).
 nginx:
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || $(MAKE) --no-print-directory apt PACKAGES=nginx-light
+
+# Debian's nginx lua module, for the tests of the lua split (and the zero-reload runtime to come).
+lua: nginx
+	@test -f /usr/lib/nginx/modules/ngx_http_lua_module.so || $(MAKE) --no-print-directory apt PACKAGES=libnginx-mod-http-lua
 
 wrk:
 	@command -v wrk >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PACKAGES=wrk

@@ -194,29 +194,33 @@ whitelist = {json.dumps(whitelist)}
 
 
 def pipelined_variants(port: int, user_ids: list[str], header: str = "X-User-Id", batch: int = 200,
-                       per_connection: int = 1000) -> list[str]:
-    """Like Sandbox.variants, but HTTP/1.1-pipelined in batches: ~10x faster, for benchmarks.
+                       per_connection: int = 1000, query: str | None = None) -> list[str]:
+    """Like Sandbox.variants, but HTTP/1.1-pipelined in batches: ~10x faster, for benchmarks and large checks.
 
-    A new connection every `per_connection` requests: nginx closes a keep-alive
-    connection after keepalive_requests (1000 by default).
+    With `query`, each id goes in the URL as ?QUERY=ID (ids must be URL-safe) instead of a header.
+    A new connection every `per_connection` requests: nginx closes a keep-alive connection after
+    keepalive_requests (1000 by default).
     """
     out: list[str] = []
     for first in range(0, len(user_ids), per_connection):
-        out += _pipelined_one_connection(port, user_ids[first:first + per_connection], header, batch)
+        out += _pipelined_one_connection(port, user_ids[first:first + per_connection], header, batch, query)
     return out
 
 
-def _pipelined_one_connection(port: int, user_ids: list[str], header: str, batch: int) -> list[str]:
+def _pipelined_one_connection(port: int, user_ids: list[str], header: str, batch: int,
+                              query: str | None = None) -> list[str]:
     out: list[str] = []
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     try:
         buffer = b""
         for start in range(0, len(user_ids), batch):
             chunk = user_ids[start:start + batch]
-            sock.sendall(b"".join(
-                b"GET / HTTP/1.1\r\nHost: bench\r\n" + header.encode() + b": " + u.encode("utf-8") + b"\r\n\r\n"
-                for u in chunk
-            ))
+            if query is None:
+                requests = (b"GET / HTTP/1.1\r\nHost: bench\r\n" + header.encode() + b": " + u.encode("utf-8")
+                            + b"\r\n\r\n" for u in chunk)
+            else:
+                requests = (f"GET /?{query}={u} HTTP/1.1\r\nHost: bench\r\n\r\n".encode("utf-8") for u in chunk)
+            sock.sendall(b"".join(requests))
             wanted = len(chunk)
             while wanted:
                 end = buffer.find(b"\r\n\r\n")
