@@ -13,7 +13,7 @@ from .config import Settings, find_config, load
 from .errors import ConfigError, ExitCode, GateRefused, LbsplitError, NotServing
 from .model import Stage, parse_percent
 from .rollout import status as status_mod
-from .rollout import transaction
+from .rollout import planning, transaction
 from .rollout.state import DamagedFile, StateStore
 from .watch import gate, planview, sources
 from .watch.logsource import parse_duration
@@ -115,7 +115,7 @@ def apply(obj: Context, percent: str, dry_run: bool, reason: str, force: bool) -
         stage = stage_arg(percent)
         settings = obj.settings()
         if dry_run:
-            dry = transaction.dry_run_diff(settings, stage)
+            dry = planning.dry_run_diff(settings, stage)
             for warning in dry.warnings:
                 click.echo(warning, err=True)
             click.echo(dry.diff, nl=False)
@@ -215,7 +215,7 @@ def render(obj: Context, percent: str, whitelist_file: bool) -> None:
     def go():
         stage = Stage.off() if percent == "off" else stage_arg(percent)
         settings = obj.settings(for_revert=not stage.v2_enabled)
-        text, warnings = transaction.render_text(settings, stage, whitelist_file)
+        text, warnings = planning.render_text(settings, stage, whitelist_file)
         for warning in warnings:
             click.echo(warning, err=True)
         click.echo(text, nl=False)

@@ -167,10 +167,6 @@ class NotifySettings:
     webhooks: tuple[Webhook, ...]
     timeout: float
 
-    @property
-    def webhook(self) -> str:
-        return self.webhooks[0].url
-
 
 @dataclass(frozen=True)
 class HooksSettings:

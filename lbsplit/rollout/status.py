@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from .. import whitelist as whitelist_mod
@@ -75,13 +76,9 @@ def live_status(settings: Settings) -> dict:
     }
 
 
-def route_user(settings: Settings, user_id: str, percent: Stage | None, fallback: str | None) -> Route:
-    """Explain USER_ID's variant: under `percent` with the config's whitelist, else as nginx serves now."""
-    return router(settings, percent, fallback)(user_id)
-
-
-def router(settings: Settings, percent: Stage | None, fallback: str | None):
-    """A function user id -> Route, with the whitelist read once (for `route -`, many ids)."""
+def router(settings: Settings, percent: Stage | None, fallback: str | None) -> Callable[[str], Route]:
+    """user id -> Route (its variant, and why): under `percent` with the config's whitelist, else as nginx
+    serves now. The whitelist is read once, for any number of ids (`route -`)."""
     if percent is not None:
         _, split = settings.require_rollout()
         keys = folded_keys(whitelist_mod.load(split).ids)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import difflib
-import functools
 import getpass
 import hashlib
 import os
@@ -22,7 +20,6 @@ from pathlib import Path
 
 from .. import timing
 from ..config import Settings
-from ..validate import fallback_warning
 from ..errors import (
     ConfigError,
     EnvironmentProblem,
@@ -33,20 +30,11 @@ from ..errors import (
     StructureError,
     UnfinishedTransaction,
 )
-from ..model import DEFAULT_FALLBACK_KEY, DEFAULT_KEY, DEFAULT_MODE, FULL, Mode, Stage
-from ..nginx.dialect import (
-    WHITELIST_DIR,
-    RenderInput,
-    check_shape,
-    check_structure,
-    check_whitelist_text,
-    include_of,
-    is_whitelist_name,
-    owner_of,
-    render,
-)
+from ..model import DEFAULT_MODE, Stage
+from ..nginx.dialect import check_shape, check_whitelist_text, include_of, is_whitelist_name, owner_of
 from ..nginx.process import Nginx
-from . import files, rendercache, wlcache
+from . import files, wlcache
+from .planning import Plan, plan, share, whitelist_dir
 from .state import Journal, Phase, State, StateStore
 
 FAILPOINT_ENV = "LBSPLIT_FAILPOINT"
@@ -129,97 +117,6 @@ class Signals:
     def __exit__(self, *exc) -> None:
         for s, h in self._previous.items():
             signal.signal(s, h)
-
-
-GENERATION_MARKER = "\0generation\0"
-PERCENT_MARKER = "\0percent\0"
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A validated stage, ready to render for any generation number."""
-
-    stage: Stage
-    inputs: RenderInput
-    warnings: tuple[str, ...]
-    whitelist: wlcache.Resolved | None = None
-    cache: rendercache.RenderCache | None = None
-
-    @functools.cached_property
-    def _skeleton(self) -> tuple[RenderInput, bool]:
-        """The inputs with the generation (and, in hash mode between 0 and 100%, the percentage) as markers.
-
-        One skeleton serves every generation and every split percentage: a percent change fills
-        in two strings instead of rendering (and importing jinja2) again. The markers hold NUL
-        bytes, which no validated id, server or key can contain.
-        """
-        h = self.stage.hundredths
-        variable = self.stage.v2_enabled and 0 < h < FULL and self.inputs.mode == Mode.HASH
-        if not variable:
-            return dataclasses.replace(self.inputs, generation=GENERATION_MARKER), False
-        return dataclasses.replace(self.inputs, generation=GENERATION_MARKER, stage=Stage.at(5000),
-                                   percent_text=PERCENT_MARKER), True
-
-    @functools.cached_property
-    def _template(self) -> str:
-        skeleton, variable = self._skeleton
-        text = self.cache.get(skeleton) if self.cache else None
-        if text is None:
-            text = render(skeleton)
-            if self.cache:
-                self.cache.put(skeleton, text)
-        return text.replace(PERCENT_MARKER, self.stage.percent) if variable else text
-
-    def text(self, generation: int) -> str:
-        return self._template.replace(GENERATION_MARKER, str(generation))
-
-    def checked_text(self, generation: int) -> str:
-        """The text, parsed back and checked for shape: what apply installs."""
-        text = self.text(generation)
-        check_structure(text, len(self.inputs.whitelist), include=self.inputs.include is not None)
-        return text
-
-
-def whitelist_dir(settings: Settings) -> Path:
-    return settings.nginx.output_dir / WHITELIST_DIR
-
-
-def plan(settings: Settings, stage: Stage, use_cache: bool = True, remember: bool = False) -> Plan:
-    """Validate everything the stage needs. Touches nothing."""
-    resolved, include = None, None
-    if stage.v2_enabled:
-        v2, split = settings.require_rollout()
-        resolved = wlcache.resolve(settings.state_dir, settings.nginx.output_dir, split, use_cache)
-        if resolved.file is not None:
-            include = str(whitelist_dir(settings) / resolved.file.name)
-        ids, warnings, mode, key, fallback = (), resolved.warnings, split.mode, split.key, split.fallback_key
-    else:
-        # A revert needs nothing but v1: a broken [split], v2 or whitelist file must not stop it.
-        v2, ids, warnings = (), (), ()
-        split = settings.split
-        mode = split.mode if split else DEFAULT_MODE
-        key = split.key if split else DEFAULT_KEY
-        fallback = split.fallback_key if split else DEFAULT_FALLBACK_KEY
-    inputs = RenderInput(
-        generation=0,
-        stage=stage,
-        mode=mode,
-        key=key,
-        fallback_key=fallback,
-        v1=settings.v1,
-        v2=v2,
-        whitelist=ids,
-        status_listen=settings.nginx.status_listen,
-        owner=StateStore(settings.state_dir).owner,
-        include=include,
-        include_file=resolved.file if resolved else None,
-    )
-    if stage.v2_enabled and stage.hundredths not in (0, FULL) and mode == Mode.HASH:
-        fallback_problem = fallback_warning(fallback)
-        if fallback_problem:
-            warnings = (*warnings, fallback_problem)
-    cache = rendercache.RenderCache(settings.state_dir, write=remember) if use_cache else None
-    return Plan(stage=stage, inputs=inputs, warnings=tuple(warnings), whitelist=resolved, cache=cache)
 
 
 class Transaction:
@@ -615,17 +512,6 @@ class Transaction:
         )
 
 
-def share(stage: Stage, mode: Mode) -> str:
-    """Who is on v2, in the user's words: weight mode splits requests, hash mode splits users."""
-    if not stage.v2_enabled:
-        return "everyone on v1"
-    if stage.hundredths == 0:
-        return "the whitelist only"
-    if stage.hundredths == FULL:
-        return "everyone"
-    return f"the whitelist plus {stage.percent}% of {'requests' if mode == Mode.WEIGHT else 'users'}"
-
-
 def init(settings: Settings) -> Outcome:
     """`lbsplit init`: the transaction in install-only mode (v1 only, checked, never reloaded)."""
     return Transaction(settings, "init", "first install").run(Stage.off(), install_only=True)
@@ -644,36 +530,3 @@ def repair(settings: Settings) -> str:
         return txn.repair() or "nothing to repair"
 
 
-def render_text(settings: Settings, stage: Stage, whitelist_file: bool = False) -> tuple[str, tuple[str, ...]]:
-    """What apply would write for `stage` (with the next generation number), and its warnings.
-
-    With `whitelist_file`, the whitelist's map file instead of lbsplit.conf.
-    """
-    prepared = plan(settings, stage, use_cache=not whitelist_file)
-    if whitelist_file:
-        found = prepared.whitelist.file if prepared.whitelist else None
-        return (found.text if found else ""), prepared.warnings
-    return prepared.checked_text(StateStore(settings.state_dir).last_generation() + 1), prepared.warnings
-
-
-@dataclass(frozen=True)
-class DryRun:
-    diff: str
-    warnings: tuple[str, ...]
-
-
-def dry_run_diff(settings: Settings, stage: Stage) -> DryRun:
-    """A unified diff of the live file against what apply would write. Touches nothing."""
-    prepared = plan(settings, stage)
-    live = settings.nginx.live_file
-    store = StateStore(settings.state_dir)
-    state = store.read_state_or_none()
-    old = (files.read_bytes(live) or b"").decode("utf-8", errors="replace")
-    if state is not None and prepared.text(state.generation) == old:
-        return DryRun(f"already live: generation {state.generation} (v2 {stage.describe()}); nothing would change\n",
-                      prepared.warnings)
-    new = prepared.checked_text(store.last_generation() + 1)
-    diff = "".join(
-        difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"{live} (live)", f"{live} (apply {stage.describe()})")
-    )
-    return DryRun(diff or "no difference\n", prepared.warnings)

@@ -17,7 +17,8 @@ from ..model import Bound, Level, NoData, Stage
 from ..rollout import files
 from ..rollout.state import StateStore
 from ..rollout import transaction
-from ..rollout.transaction import Outcome, Transaction, actor, now, plan
+from ..rollout.planning import plan
+from ..rollout.transaction import Outcome, Transaction, actor, now
 from . import endpoint, hooks, judge, notify, sources
 from .memory import load_state
 
