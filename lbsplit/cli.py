@@ -290,20 +290,32 @@ def status_lines(s: dict) -> list[str]:
 
 @main.command(name="plan")
 @json_option
+@click.option("--check", "with_gate", is_flag=True, help="Also run the promotion gate for the next stage (probes v2).")
 @click.pass_obj
-def plan_command(obj: Context, as_json: bool) -> None:
+def plan_command(obj: Context, as_json: bool, with_gate: bool) -> None:
     """Print the rollout plan (stages, thresholds, levels, windows, intervals) and where the rollout stands.
 
-    Example: lbsplit plan
+    Example: lbsplit plan --check
     """
 
     def go():
-        view = planview.plan_view(obj.settings_for_revert())
+        settings = obj.settings_for_revert()
+        view = planview.plan_view(settings)
+        if with_gate:
+            stage, items = gate.check(obj.settings(), None)
+            view["gate"] = None if stage is None else {
+                "stage": stage.describe(), "refuses": gate.refuses(items),
+                "items": [{"name": i.name, "ok": i.ok, "blocking": i.blocking, "detail": i.detail} for i in items]}
         if as_json:
             click.echo(json.dumps(view, indent=2))
-        else:
-            for line in planview.plan_lines(view):
-                click.echo(line)
+            return
+        for line in planview.plan_lines(view):
+            click.echo(line)
+        if view.get("gate"):
+            verdict = "refuses" if view["gate"]["refuses"] else "would let it through"
+            click.echo(f"gate for {view['gate']['stage']}: {verdict}")
+            for item in items:
+                click.echo(f"  {item.line()}")
 
     run(go)
 

@@ -151,3 +151,16 @@ def test_auto_promote_moves_on_when_soak_and_gate_pass_but_never_past_unconfirme
         assert [e["command"] for e in history][-1] == "auto-promote 30"
     finally:
         endpoint.close()
+
+
+def test_plan_check_shows_what_the_gate_says(sandbox):
+    endpoint = HealthEndpoint()
+    try:
+        configure(sandbox, endpoint)
+        ok(run_cli(sandbox.config_path, "apply", "10"))
+        shown = ok(run_cli(sandbox.config_path, "plan", "--check"))
+        assert "gate for 30%: refuses" in shown.stdout and "[FAIL] soak: clean for 0m" in shown.stdout
+        view = json.loads(ok(run_cli(sandbox.config_path, "plan", "--check", "--json")).stdout)
+        assert view["gate"]["refuses"] is True and any(i["name"] == "soak" for i in view["gate"]["items"])
+    finally:
+        endpoint.close()

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import progress
 from ..errors import ConfigError
 from ..validate import redact
 
@@ -47,8 +48,10 @@ def auth_headers(headers: tuple[tuple[str, str], ...], token_file: Path | None, 
     return out
 
 
-def _bounded(fn, timeout: float):
-    """Run fn in a thread and give up after `timeout` seconds in all (a slow drip cannot hold us)."""
+def _bounded(fn, timeout: float, waiting_for: str = ""):
+    """Run fn in a thread and give up after `timeout` seconds in all (a slow drip cannot hold us).
+
+    When it takes longer than progress.AFTER, a terminal gets one line saying what it waits for."""
     box: dict = {}
 
     def target():
@@ -59,7 +62,11 @@ def _bounded(fn, timeout: float):
 
     worker = threading.Thread(target=target, daemon=True)
     worker.start()
-    worker.join(timeout)
+    worker.join(min(timeout, progress.AFTER))
+    if worker.is_alive() and timeout > progress.AFTER:
+        if waiting_for:
+            progress.say(f"waiting for {waiting_for} (up to {timeout:g}s)")
+        worker.join(timeout - progress.AFTER)
     if worker.is_alive():
         raise TimeoutError
     if "error" in box:
@@ -111,7 +118,7 @@ def probe(url: str, timeout: float, headers: dict[str, str], clock=time.time) ->
             return r.status_code, read_capped(r.raw, r.headers.get("Content-Encoding", ""))
 
     try:
-        status, body = _bounded(fetch, timeout)
+        status, body = _bounded(fetch, timeout, f"v2's health endpoint {redact(url)}")
     except (TimeoutError, requests.Timeout):
         return Sample(at, None, f"no answer within {timeout:g}s")
     except requests.ConnectionError as e:
