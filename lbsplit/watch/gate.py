@@ -1,7 +1,10 @@
-"""The promotion gate: the plan's final check before widening a rollout.
+"""The promotion gate, and the commands that change the stage through it.
 
-It lists items (v2's health as the judge sees it, the revert path, the watchdog) and
-refuses a widening when a blocking item fails. It compares no threshold itself.
+The gate lists items (v2's health as the judge sees it, the revert path, the watchdog,
+the live stage's soak time, the next stage's manual checks, the pre_promote hook) and
+refuses a widening when a blocking item fails; it compares no threshold itself.
+`apply`, `promote` and `revert` run the transaction with it, then the hooks and the
+notifications, which never undo a change.
 """
 
 from __future__ import annotations
@@ -14,9 +17,8 @@ from dataclasses import dataclass
 from ..config import Settings
 from ..errors import ConfigError, GateRefused, LbsplitError
 from ..model import Bound, Level, NoData, Stage
-from ..rollout import files
+from ..rollout import files, transaction
 from ..rollout.state import StateStore
-from ..rollout import transaction
 from ..rollout.planning import plan
 from ..rollout.transaction import Outcome, Transaction, actor, now
 from . import endpoint, hooks, judge, notify, sources
