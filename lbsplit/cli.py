@@ -73,7 +73,9 @@ def main(ctx: click.Context, config: str | None) -> None:
 
     \b
     lbsplit init          write the v1-only lbsplit.conf to include in nginx
+    lbsplit plan          the plan's stages, thresholds and where the rollout stands
     lbsplit apply 10      whitelist + 10% of users on v2
+    lbsplit promote       the next stage, through the gate (health, soak, checks)
     lbsplit revert        everyone back on v1, now
     lbsplit status        what is live, and is nginx really serving it
     """
