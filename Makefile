@@ -4,15 +4,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench install nginx lua wrk clean
+.PHONY: demo test test-slow bench install nginx lua etcd wrk clean
 
 demo: install
 	$(PY) -m lbsplit.demo
 
-test: install lua
+test: install lua etcd
 	$(PY) -m pytest -q
 
-test-slow: install lua
+test-slow: install lua etcd
 	$(PY) -m pytest -q -m slow
 
 bench: install wrk
@@ -34,6 +34,10 @@ nginx:
 # Debian's nginx lua module, for the tests of the lua split (and the zero-reload runtime to come).
 lua: nginx
 	@test -f /usr/lib/nginx/modules/ngx_http_lua_module.so || $(MAKE) --no-print-directory apt PACKAGES=libnginx-mod-http-lua
+
+# Debian's etcd, for the tests of the fleet's etcd store (the tests start their own node on loopback).
+etcd:
+	@command -v etcd >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PACKAGES=etcd-server
 
 wrk:
 	@command -v wrk >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PACKAGES=wrk

@@ -1,0 +1,101 @@
+"""The etcd store (the fleet's only etcd client) against a real single-node etcd on loopback."""
+
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from lbsplit.demo.sandbox import free_port
+from lbsplit.fleet.store import Etcd, StoreUnavailable
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory):
+    binary = shutil.which("etcd")
+    if binary is None:
+        pytest.fail("etcd is not installed; `make test` installs Debian's etcd-server")
+    data = tmp_path_factory.mktemp("etcd")
+    client, peer = free_port(), free_port()
+    proc = subprocess.Popen(
+        [binary, "--data-dir", str(data / "d"), "--name", "default",
+         "--listen-client-urls", f"http://127.0.0.1:{client}", "--advertise-client-urls", f"http://127.0.0.1:{client}",
+         "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+         "--initial-cluster", f"default=http://127.0.0.1:{peer}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = Etcd((f"http://127.0.0.1:{client}",), timeout=2)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            store.put("/ready", "1")
+            break
+        except StoreUnavailable:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("etcd did not start on loopback within 20 s")
+            time.sleep(0.1)
+    yield store
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_put_get_prefix_and_delete_round_trip(etcd):
+    revision = etcd.put("/lbsplit/t1/hosts/lb-1", '{"generation": 3}')
+    etcd.put("/lbsplit/t1/hosts/lb-2", "负载均衡 2")
+    etcd.put("/lbsplit/t10/other", "not under /lbsplit/t1/")
+    entry = etcd.get("/lbsplit/t1/hosts/lb-1")
+    assert entry.value == '{"generation": 3}' and entry.mod_revision == revision
+    assert [(e.key, e.value) for e in etcd.prefix("/lbsplit/t1/")] == [
+        ("/lbsplit/t1/hosts/lb-1", '{"generation": 3}'), ("/lbsplit/t1/hosts/lb-2", "负载均衡 2")]
+    etcd.delete("/lbsplit/t1/hosts/lb-2")
+    assert etcd.get("/lbsplit/t1/hosts/lb-2") is None and etcd.get("/nothing/here") is None
+
+
+def test_two_operators_racing_a_swap_exactly_one_wins(etcd):
+    etcd.put("/lbsplit/t2/desired", "10")
+    seen = etcd.get("/lbsplit/t2/desired").mod_revision
+    barrier, results = threading.Barrier(2), {}
+
+    def operator(value):
+        barrier.wait()
+        results[value] = etcd.swap("/lbsplit/t2/desired", value, seen)
+
+    threads = [threading.Thread(target=operator, args=(v,)) for v in ("30", "50")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results.values()) == [False, True]
+    winner = next(v for v, won in results.items() if won)
+    assert etcd.get("/lbsplit/t2/desired").value == winner
+    assert etcd.swap("/lbsplit/t2/new", "x", 0) is True and etcd.swap("/lbsplit/t2/new", "y", 0) is False
+
+
+def test_a_key_under_a_lease_vanishes_unless_kept_alive(etcd):
+    kept, lapsed = etcd.grant(2), etcd.grant(2)
+    etcd.put("/lbsplit/t3/hosts/alive", "1", lease=kept)
+    etcd.put("/lbsplit/t3/hosts/dead", "1", lease=lapsed)
+    for _ in range(6):  # 3 s, past the 2 s TTL
+        assert etcd.keepalive(kept) > 0
+        time.sleep(0.5)
+    assert etcd.get("/lbsplit/t3/hosts/alive") is not None
+    assert etcd.get("/lbsplit/t3/hosts/dead") is None
+    assert etcd.keepalive(lapsed) == 0
+    etcd.revoke(kept)
+    assert etcd.get("/lbsplit/t3/hosts/alive") is None
+
+
+def test_a_dead_endpoint_is_skipped_and_all_dead_is_one_clear_error(etcd):
+    dead = f"http://user:secret@127.0.0.1:{free_port()}"
+    both = Etcd((dead, etcd.endpoints[0]), timeout=1)
+    both.put("/lbsplit/t4/k", "v")
+    assert both.get("/lbsplit/t4/k").value == "v"
+    with pytest.raises(StoreUnavailable) as caught:
+        Etcd((dead,), timeout=1).get("/lbsplit/t4/k")
+    message = str(caught.value)
+    assert "127.0.0.1" in message and "secret" not in message and "fleet.etcd" in message
