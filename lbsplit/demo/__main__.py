@@ -1,4 +1,4 @@
-"""`make demo`: the rollout plan on a sandbox nginx: init, apply 10 -> 30 -> 100, revert.
+"""`make demo`: the rollout plan on a sandbox nginx: init, plan, apply 10 -> 30 -> 100, revert.
 
 Starts a private nginx on loopback with v1/v2 backends, drives the real `lbsplit`
 command line, and prints the split it observes through nginx at every stage.
@@ -57,6 +57,7 @@ def main() -> int:
         print(f"config: {config}")
         try:
             lbsplit(config, "init")
+            lbsplit(config, "plan")
             sb.start()
             on_v2: set[str] = set()
             print(f"  observed through nginx: {sb.variants(USERS).count('v2')} users on v2")
