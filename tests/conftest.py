@@ -31,14 +31,25 @@ def nginx_bin() -> str:
 
 @pytest.fixture
 def sandbox(tmp_path, nginx_bin):
-    """A private nginx on loopback with v1/v2 backends; lbsplit.toml written, lbsplit.conf initialised."""
-    sb = Sandbox(tmp_path / "sb", binary=nginx_bin, nginx_dir=REPO / "nginx")
-    sb.write_config(whitelist=["test_user_001", "test_user_002", "internal_staff_001"])
-    # `lbsplit init` in-process: the same library call the command makes, without a Python start-up per test
-    # (tests/test_crash.py and the demo run the real command).
-    assert transaction.init(load(sb.config_path)).changed
-    sb.backends.start(wait_port=sb.v2_port)
-    sb.front.start(wait_port=sb.port)
+    """A private nginx on loopback with v1/v2 backends; lbsplit.toml written, lbsplit.conf initialised.
+
+    Ports are picked free, but another process may take one before nginx binds it: then the
+    half-started sandbox is stopped and a new one with new ports is tried (at most 3 times).
+    """
+    for attempt in range(3):
+        sb = Sandbox(tmp_path / f"sb{attempt or ''}", binary=nginx_bin, nginx_dir=REPO / "nginx")
+        sb.write_config(whitelist=["test_user_001", "test_user_002", "internal_staff_001"])
+        # `lbsplit init` in-process: the same library call the command makes, without a Python start-up per
+        # test (tests/test_crash.py and the demo run the real command).
+        assert transaction.init(load(sb.config_path)).changed
+        try:
+            sb.backends.start(wait_port=sb.v2_port)
+            sb.front.start(wait_port=sb.port)
+            break
+        except RuntimeError:
+            sb.stop()  # never leave a half-started sandbox running
+            if attempt == 2:
+                raise
     yield sb
     sb.stop()
 
