@@ -18,6 +18,7 @@ from ..model import Mode, Stage
 from . import files
 
 KEEP_GENERATIONS = 5  # a 1M-id whitelist makes each one ~57 MB
+HISTORY_TAIL = 64 << 10  # bytes of history.jsonl read to find its newest entry
 
 
 class DamagedFile(UnfinishedTransaction):
@@ -193,9 +194,26 @@ class StateStore:
         return entries
 
     def last_history_generation(self) -> int | None:
-        """The generation of the newest history entry (repair uses it to never record a change twice)."""
-        history = self.read_history()
-        return history[-1].get("generation") if history else None
+        """The generation of the newest history entry (repair uses it to never record a change twice).
+
+        Every change asks, so only the file's tail is read, not the whole history.
+        """
+        try:
+            with open(self.history_path, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - HISTORY_TAIL))
+                tail = f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise files.os_problem("read", self.history_path, e) from None
+        for line in reversed(tail.decode("utf-8", errors="replace").splitlines()):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # torn by a crash, or cut by the tail's start
+            if isinstance(entry, dict):
+                return entry.get("generation")
+        return None
 
     # journal
     def begin(self, journal: Journal) -> None:
