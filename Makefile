@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 nginx:
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || $(MAKE) --no-print-directory apt PACKAGES=nginx-light
 
-# Debian's nginx lua module, for the tests of the lua split (and the zero-reload runtime to come).
+# Debian's nginx lua module, for the tests of the lua split and the zero-reload runtime.
 lua: nginx
 	@test -f /usr/lib/nginx/modules/ngx_http_lua_module.so || $(MAKE) --no-print-directory apt PACKAGES=libnginx-mod-http-lua
 

@@ -264,7 +264,9 @@ def status_lines(s: dict) -> list[str]:
     if not s["nginx_running"]:
         lines.append("serving:     no, nginx is not running")
     elif s["serving"]:
-        lines.append(f"serving:     yes, nginx answers generation {s['serving_generation']}")
+        workers = (s["serving_answer"] or {}).get("workers")
+        live = f" from all {len(workers)} workers (lua runtime: stage set live)" if isinstance(workers, list) else ""
+        lines.append(f"serving:     yes, nginx answers generation {s['serving_generation']}{live}")
     else:
         lines.append(f"serving:     NO, nginx answers {json.dumps(s['serving_answer'])}")
         if s["served_owner"] not in (None, s["owner"]):

@@ -15,6 +15,7 @@ from .model import (
     DEFAULT_FALLBACK_KEY,
     DEFAULT_KEY,
     DEFAULT_MODE,
+    DEFAULT_RUNTIME,
     DEFAULT_CHECKS,
     DEFAULT_LEVELS,
     DEFAULT_SOAK,
@@ -24,6 +25,7 @@ from .model import (
     Bound,
     Format,
     Level,
+    Runtime,
     RATE_METRICS,
     Mode,
     NoData,
@@ -48,6 +50,7 @@ class NginxSettings:
     status_listen: str
     verify_timeout: float
     pid_file: Path | None
+    runtime: Runtime = DEFAULT_RUNTIME
 
     @property
     def live_file(self) -> Path:
@@ -272,6 +275,7 @@ SCHEMA: dict[str, object] = {
         "status_listen": str,
         "verify_timeout": (int, float),
         "pid_file": str,
+        "runtime": str,
     },
     "upstreams": {"v1": list, "v2": list},
     "split": {
@@ -342,11 +346,15 @@ def _servers(values: list, field_name: str) -> tuple[Server, ...]:
     return servers
 
 
-def _load_split(base: Path, table: dict, raw_v2: object) -> tuple[tuple[Server, ...], SplitSettings]:
+def _load_split(base: Path, table: dict, raw_v2: object,
+                runtime: Runtime = DEFAULT_RUNTIME) -> tuple[tuple[Server, ...], SplitSettings]:
     if raw_v2 is None:
         raise ConfigError("upstreams.v2: missing; list v2's servers, e.g. v2 = [\"10.0.1.1:8080\"]")
     v2 = _servers(raw_v2, "upstreams.v2")
     mode = _choice(table.get("mode", DEFAULT_MODE), Mode, "split.mode", "(hash: sticky per user; weight: per request)")
+    if runtime == Runtime.LUA and mode != Mode.HASH:
+        raise ConfigError("split.mode: the lua runtime splits users by hash; weight mode lives in upstream weights, "
+                          "which only a reload changes. Use mode = \"hash\" or nginx.runtime = \"reload\"")
     key = check_variable(table.get("key", DEFAULT_KEY), "split.key")
     fallback = check_variable(table.get("fallback_key", DEFAULT_FALLBACK_KEY), "split.fallback_key")
     if fallback.lower() == key.lower():
@@ -448,6 +456,8 @@ def load(path: Path, for_revert: bool = False) -> Settings:
         status_listen=_status_listen(nginx_table.get("status_listen", DEFAULT_STATUS_LISTEN)),
         verify_timeout=verify_timeout,
         pid_file=_path(base, nginx_table.get("pid_file")),
+        runtime=_choice(nginx_table.get("runtime", DEFAULT_RUNTIME), Runtime, "nginx.runtime",
+                        "(reload: every change reloads nginx; lua: percent changes and reverts without a reload)"),
     )
     lock_timeout = _seconds(data.get("lock_timeout", 30), "lock_timeout", 0, 3600, zero_ok=True)
     state_dir = _path(base, data.get("state_dir", "/var/lib/lbsplit"))
@@ -456,7 +466,8 @@ def load(path: Path, for_revert: bool = False) -> Settings:
     split_errors = broken.get("split", []) + broken.get("upstreams", [])
     v2, split = None, None
     if not split_errors:
-        v2, split = _defer(split_errors, "split", lambda: _load_split(base, data.get("split", {}), upstreams.get("v2")),
+        v2, split = _defer(split_errors, "split", lambda: _load_split(base, data.get("split", {}), upstreams.get("v2"),
+                                                                       nginx.runtime),
                            for_revert, (None, None))
     other_errors = [e for key, found in broken.items() if key not in ("split", "upstreams", "health") for e in found]
     stages = DEFAULT_STAGES if "stages" in broken else _defer(

@@ -23,6 +23,13 @@ class Mode(StrEnum):
     WEIGHT = "weight"
 
 
+class Runtime(StrEnum):
+    """How a change reaches the running nginx."""
+
+    RELOAD = "reload"  # every change is nginx -t + reload
+    LUA = "lua"  # percent changes and reverts set a shared dict through nginx's lua module: no reload
+
+
 class Variant(StrEnum):
     V1 = "v1"
     V2 = "v2"
@@ -83,6 +90,7 @@ class Bound(StrEnum):
 
 
 DEFAULT_MODE = Mode.HASH
+DEFAULT_RUNTIME = Runtime.RELOAD
 DEFAULT_KEY = "$http_x_user_id"
 DEFAULT_FALLBACK_KEY = "$remote_addr"
 DEFAULT_STATUS_LISTEN = "127.0.0.1:9181"

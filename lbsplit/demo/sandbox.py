@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from ..nginx.process import is_alive, is_master
+from ..rollout.transaction import lua_modules
 from ..resources import snippets_dir
 
 
@@ -98,7 +99,7 @@ def _port_open(port: int) -> bool:
 class Sandbox:
     """Front nginx (runs lbsplit.conf) + backend nginx (v1, v2), all under `root`."""
 
-    def __init__(self, root: Path, binary: str | None = None, nginx_dir: Path | None = None):
+    def __init__(self, root: Path, binary: str | None = None, nginx_dir: Path | None = None, lua: bool = False):
         self.root = Path(root)
         self.binary = binary or nginx_binary() or "nginx"
         self.nginx_dir = Path(nginx_dir) if nginx_dir is not None else snippets_dir()
@@ -108,8 +109,12 @@ class Sandbox:
         self.state_dir = self.root / "state"
         self.config_path = self.root / "lbsplit.toml"
         user_line = "user root;" if os.geteuid() == 0 else ""
+        self.runtime = "lua" if lua else "reload"
+        # The lua runtime's modules, loaded like a private nginx must (Debian enables them only for its own nginx.conf).
+        modules = "".join(f"load_module {m};\n" for m in lua_modules()) if lua else ""
         values = {
             "USER_LINE": user_line,
+            "MODULES": modules,
             "OUTPUT_DIR": self.output_dir,
             "NGINX_DIR": self.nginx_dir,
             "PORT": self.port,
@@ -145,6 +150,7 @@ binary = "{self.binary}"
 conf = "{self.front.conf}"
 prefix = "{self.front.prefix}"
 output_dir = "{self.output_dir}"
+runtime = "{self.runtime}"
 status_listen = "127.0.0.1:{self.status_port}"
 verify_timeout = 20
 

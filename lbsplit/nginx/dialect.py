@@ -19,10 +19,17 @@ from dataclasses import dataclass
 
 from .. import resources
 from ..errors import StructureError
-from ..model import FULL, Mode, Server, Stage
+from ..model import DEFAULT_RUNTIME, FULL, Mode, Runtime, Server, Stage
 
 ENTRY_FILE = "lbsplit.conf"
 STATUS_PATH = "/lbsplit/status"
+CONTROL_PATH = "/lbsplit/control"  # the lua runtime's endpoint that sets the live stage
+TOKEN_HEADER = "X-Lbsplit-Token"
+# The two lines that hold a file's generation and stage. In the lua runtime they are the only
+# lines a percent change or a revert rewrites (restage); `stage` is hundredths, -1 for v2 off.
+HEADER = "# Managed by lbsplit: generation {generation}, v2 {summary}."
+LOAD_LINE = "    local generation, stage = {generation}, {stage}  -- the stage this file holds (-1: v2 off)"
+OFF = -1
 # The `lbsplit` access-log format: tab-separated, in this order. The template and the
 # log reader both take it from here.
 LOG_FIELDS = (
@@ -73,13 +80,15 @@ class RenderInput:
     include: str | None = None  # the whitelist's map file (absolute path) instead of inline ids
     include_file: WhitelistFile | None = None
     percent_text: str | None = None  # written where the percentage goes, instead of stage.percent
+    runtime: Runtime = DEFAULT_RUNTIME
+    token_digest: str = "-"  # lua runtime: base64 SHA-1 of the control token (the token stays in state_dir)
 
 
 @functools.cache
 def template_digest() -> str:
     """A hash of the template files: a text rendered from other templates is another text."""
     digest = hashlib.sha256()
-    for path in sorted(resources.templates_dir().glob("*.j2")):
+    for path in sorted([*resources.templates_dir().glob("*.j2"), *resources.templates_dir().glob("*.lua")]):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
@@ -225,6 +234,44 @@ def pool_weights(v1: tuple[Server, ...], v2: tuple[Server, ...], hundredths: int
     return [w // g for w in w1], [w // g for w in w2]
 
 
+def summary(stage: Stage, mode: Mode, percent: str | None = None) -> str:
+    if not stage.v2_enabled:
+        return "off (everyone on v1)"
+    return f"on at {percent or stage.percent}% ({mode} mode)"
+
+
+def lua_stage(stage: Stage) -> int:
+    """The stage as the lua runtime's shared dict holds it: hundredths, or -1 for v2 off."""
+    return stage.hundredths if stage.v2_enabled else OFF
+
+
+_HEADER_LINE = re.compile(r"# Managed by lbsplit: generation \S+, v2 [^\n]*\.")
+_LOAD = re.compile(r"^    local generation, stage = (\S+), (-?\d+)  -- [^\n]*$", re.MULTILINE)
+
+
+def restage(text: str, generation: int | str, stage: Stage, mode: Mode) -> str | None:
+    """A lua-runtime lbsplit.conf with only its generation and stage changed; None for any other text.
+
+    What a zero-reload percent change or revert installs: nothing nginx loads differs but the
+    stage a restart or reload starts from.
+    """
+    head, sep, rest = text.partition("\n")
+    found = list(_LOAD.finditer(rest))
+    if not sep or not _HEADER_LINE.fullmatch(head) or len(found) != 1:
+        return None
+    line = found[0]
+    return (HEADER.format(generation=generation, summary=summary(stage, mode)) + "\n" + rest[:line.start()]
+            + LOAD_LINE.format(generation=generation, stage=lua_stage(stage)) + rest[line.end():])
+
+
+def live_stage(text: str) -> tuple[int, int] | None:
+    """(generation, lua stage) a lua-runtime lbsplit.conf holds; None for a reload-runtime file."""
+    found = list(_LOAD.finditer(text[:1 << 16]))
+    if len(found) != 1 or not found[0].group(1).isdigit():
+        return None
+    return int(found[0].group(1)), int(found[0].group(2))
+
+
 def render(inp: RenderInput) -> str:
     """The full text of lbsplit.conf for one generation."""
     stage = inp.stage
@@ -232,7 +279,9 @@ def render(inp: RenderInput) -> str:
     on = stage.v2_enabled
     whitelist = inp.whitelist if on else ()
     included = inp.include_file if on and inp.include else None
-    v2_needed = on and (bool(whitelist) or included is not None or h > 0)
+    lua = inp.runtime == Runtime.LUA
+    lua_split = lua and on  # the lua handler decides every request's variant from the live stage
+    v2_needed = on and (bool(whitelist) or included is not None or h > 0 or lua_split)
     pool_lines: list[str] = []
     split = False
     if not on or h == 0:
@@ -247,10 +296,14 @@ def render(inp: RenderInput) -> str:
         pool_lines = [s.line(w) for s, w in zip(inp.v1, w1)] + [s.line(w) for s, w in zip(inp.v2, w2)]
         default_target = "lbsplit_pool"
     percent = inp.percent_text or stage.percent
-    summary = f"on at {percent}% ({inp.mode} mode)" if on else "off (everyone on v1)"
     return _environment().get_template(ENTRY_TEMPLATE).render(
         generation=inp.generation,
-        summary=summary,
+        header=HEADER.format(generation=inp.generation, summary=summary(stage, inp.mode, percent)),
+        load_line=LOAD_LINE.format(generation=inp.generation, stage=lua_stage(stage)),
+        lua=lua,
+        lua_split=lua_split,
+        token_digest=inp.token_digest,
+        control_path=CONTROL_PATH,
         percent=percent,
         mode=str(inp.mode),
         key=inp.key,
@@ -278,10 +331,13 @@ def render(inp: RenderInput) -> str:
 # already makes injection impossible by construction); `nginx -t` remains the judge of validity.
 
 SAMPLE_KEYS = 200  # whitelist lines that go through crossplane as well as the line check
-_MAP_OPEN = re.compile(r"^map \$[A-Za-z_][A-Za-z0-9_]* \$lbsplit_upstream \{$", re.MULTILINE)
+# The map that holds the whitelist: $lbsplit_upstream itself, or in the lua runtime with v2 on,
+# $lbsplit_whitelisted (then $lbsplit_upstream is a one-line map the lua handler overrides).
+_MAP_OPEN = re.compile(r"^map \$[A-Za-z_][A-Za-z0-9_]* \$(lbsplit_upstream|lbsplit_whitelisted) \{$", re.MULTILINE)
 # Lines of one quoted key each (only \\ and \" escapes inside, as map_key writes them).
 _KEY_BLOCK = re.compile(r'(?:    "\\\\(?:[^"\\\x00-\x1f]++|\\["\\])*+" lbsplit_v2;\n)*+')
-TOP_LEVEL = {"log_format", "map_hash_bucket_size", "map_hash_max_size", "upstream", "map", "split_clients", "server"}
+TOP_LEVEL = {"log_format", "map_hash_bucket_size", "map_hash_max_size", "upstream", "map", "split_clients", "server",
+             "lua_shared_dict", "init_by_lua_block", "init_worker_by_lua_block", "rewrite_by_lua_block"}
 
 
 def _parse(text: str) -> list[dict]:
@@ -337,7 +393,7 @@ def _split_keys(text: str, whitelist_size: int, include: bool = False) -> tuple[
     """
     opening = list(_MAP_OPEN.finditer(text))
     if len(opening) != 1:
-        raise StructureError("rendered config must define $lbsplit_upstream exactly once")
+        raise StructureError("rendered config must define its whitelist map exactly once")
     default_end = text.index("\n", opening[0].end() + 1) + 1  # skip the "default ...;" line
     if include:  # then the include line
         found = _INCLUDE_LINE.match(text, default_end)
@@ -363,12 +419,15 @@ def check_structure(text: str, whitelist_size: int, include: bool = False) -> No
     unexpected = sorted(set(names) - TOP_LEVEL)
     if unexpected:
         raise StructureError(f"rendered config has unexpected top-level directives: {unexpected}")
-    maps = {tuple(d["args"]): d for d in parsed if d["directive"] == "map"}
-    upstream_maps = [d for args, d in maps.items() if args[-1] == "$lbsplit_upstream"]
+    maps = [d for d in parsed if d["directive"] == "map"]
+    upstream_maps = [d for d in maps if d["args"][-1] == "$lbsplit_upstream"]
     if len(upstream_maps) != 1:
         raise StructureError("rendered config must define $lbsplit_upstream exactly once")
-    entries = [e for e in upstream_maps[0]["block"] if not (include and e["directive"] == "include")]
-    if include and len(entries) != len(upstream_maps[0]["block"]) - 1:
+    holders = [d for d in maps if d["args"][-1] == "$lbsplit_whitelisted"] or upstream_maps
+    if len(holders) != 1:
+        raise StructureError("rendered config must define $lbsplit_whitelisted at most once")
+    entries = [e for e in holders[0]["block"] if not (include and e["directive"] == "include")]
+    if include and len(entries) != len(holders[0]["block"]) - 1:
         raise StructureError("$lbsplit_upstream map must include exactly one whitelist file")
     if len(entries) != whitelist_size + 1 or any(len(e["args"]) != 1 for e in entries):
         raise StructureError(

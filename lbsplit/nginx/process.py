@@ -6,6 +6,7 @@ nginx serves: a plain HTTP/1.0 GET over a socket, so this module needs no HTTP l
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 from .. import progress
 from ..config import NginxSettings
 from ..errors import EnvironmentProblem, NginxTestFailed, ReloadFailed
-from .dialect import ENTRY_FILE, STATUS_PATH, parse_status
+from .dialect import CONTROL_PATH, ENTRY_FILE, STATUS_PATH, TOKEN_HEADER, parse_status
 
 COMMAND_TIMEOUT = 300  # nginx -t on a 1M-id whitelist takes seconds, not minutes
 
@@ -41,6 +42,11 @@ def _run(argv: list[str], what: str) -> subprocess.CompletedProcess:
 class Dump:
     files: tuple[str, ...]
     listens: tuple[tuple[str, str], ...]  # (file, the listen directive's address)
+    lua_rewrites: tuple[tuple[str, int], ...] = ()  # (file, line) of rewrite_by_lua* directives
+
+    def own_lua_rewrites(self, own_file: Path) -> list[str]:
+        """rewrite_by_lua* handlers outside `own_file`, as "file:line": they replace lbsplit's http-level one."""
+        return [f"{file}:{line}" for file, line in self.lua_rewrites if not _same_path(Path(file), own_file)]
 
     def includes(self, path: Path) -> bool:
         return any(_same_path(Path(f), path) or f == str(path) for f in self.files)
@@ -65,21 +71,25 @@ class Dump:
 
 _FILE_LINE = re.compile(r"^# configuration file (.+):$")
 _LISTEN = re.compile(r"(?:^|[\s;{])listen\s+([^\s;]+)")
+_LUA_REWRITE = re.compile(r"(?:^|[\s;{])rewrite_by_lua(?:_block|_file)?\s")
 
 
 def parse_dump(text: str) -> Dump:
     """The files and listen addresses of `nginx -T` output."""
-    files, listens, current = [], [], ""
+    files, listens, rewrites, current, number = [], [], [], "", 0
     for line in text.splitlines():
         match = _FILE_LINE.match(line)
         if match:
-            current = match.group(1)
+            current, number = match.group(1), 0
             files.append(current)
             continue
+        number += 1
         code = line.split("#", 1)[0]
         if "listen" in code:
             listens.extend((current, m.group(1)) for m in _LISTEN.finditer(code))
-    return Dump(tuple(files), tuple(listens))
+        if "rewrite_by_lua" in code and _LUA_REWRITE.search(code):
+            rewrites.append((current, number))
+    return Dump(tuple(files), tuple(listens), tuple(rewrites))
 
 
 def _option_values(args: list[str]) -> dict[str, str]:
@@ -147,7 +157,7 @@ class Nginx:
         if result.returncode != 0:
             raise NginxTestFailed(_clean(result.stderr))
 
-    def test_snippet(self, text: str) -> str | None:
+    def test_snippet(self, text: str, modules: tuple[str, ...] = ()) -> str | None:
         """nginx -t on `text` as lbsplit.conf inside a minimal private config; None when it passes.
 
         Used for the revert config before a widening: it never touches the live file,
@@ -161,7 +171,7 @@ class Nginx:
                 f"    {name}_temp_path {root}/{name};\n" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
             )
             (root / "nginx.conf").write_text(
-                f"pid {root}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"
+                "".join(f"load_module {m};\n" for m in modules) + f"pid {root}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"
                 f"http {{\n{temp_paths}    include {root}/{ENTRY_FILE};\n}}\n",
                 encoding="utf-8",
             )
@@ -309,13 +319,12 @@ class Nginx:
                 alive.add(pid)
         return alive
 
-    def serving(self) -> dict | None:
-        """What nginx's lbsplit status page answers right now, or None when nothing answers.
+    def _exchange(self, request: bytes) -> tuple[bytes, bytes] | None:
+        """One HTTP/1.0 exchange with the status server: (status code, body), or None when nothing answers.
 
-        A plain HTTP/1.0 GET over a socket: http.client would cost ~20 ms of imports on every command.
+        A plain socket: http.client would cost ~20 ms of imports on every command.
         """
         host, _, port = self.settings.status_listen.rpartition(":")
-        request = f"GET {STATUS_PATH} HTTP/1.0\r\nHost: lbsplit\r\n\r\n".encode()
         try:
             with socket.create_connection((host.strip("[]"), int(port)), timeout=2) as sock:
                 sock.sendall(request)
@@ -330,9 +339,43 @@ class Nginx:
             return None
         head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
         status_line = head.split(b"\r\n", 1)[0].split()
-        if len(status_line) < 2 or status_line[1] != b"200":
+        return (status_line[1] if len(status_line) >= 2 else b""), body
+
+    def serving(self) -> dict | None:
+        """What nginx's lbsplit status page answers right now, or None when nothing answers."""
+        answer = self._exchange(f"GET {STATUS_PATH} HTTP/1.0\r\nHost: lbsplit\r\n\r\n".encode())
+        if answer is None or answer[0] != b"200":
             return None
-        return parse_status(body)
+        return parse_status(answer[1])
+
+    def set_live(self, generation: int, stage: int, token: str) -> None:
+        """The lua runtime: set the stage every worker reads (hundredths, -1: v2 off). No reload."""
+        body = json.dumps({"generation": generation, "stage": stage}, separators=(",", ":")).encode()
+        request = (f"POST {CONTROL_PATH} HTTP/1.0\r\nHost: lbsplit\r\n{TOKEN_HEADER}: {token}\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+        answer = self._exchange(request)
+        where = f"http://{self.settings.status_listen}{CONTROL_PATH}"
+        if answer is None:
+            raise ReloadFailed(f"nothing answers at {where}: is nginx running with lbsplit.conf included?")
+        if answer[0] != b"200":
+            said = answer[1].decode("utf-8", errors="replace").strip()[:200]
+            if answer[0] == b"404":
+                said = "no control endpoint there: nginx still runs a reload-runtime lbsplit.conf"
+            raise ReloadFailed(f"{where} refused the stage ({answer[0].decode(errors='replace')}): {said}")
+
+    def wait_live(self, generation: int, timeout: float) -> bool:
+        """The lua runtime: wait until the status page reports `generation` from every worker."""
+        started = time.monotonic()
+        deadline = started + timeout
+        while True:
+            answer = self.serving()
+            if answer and answer.get("generation") == generation:
+                seen = answer.get("workers")
+                if isinstance(seen, list) and seen and all(g == generation for g in seen):
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
 
     def serving_generation(self) -> int | None:
         answer = self.serving()

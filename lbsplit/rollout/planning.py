@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Settings
-from ..model import DEFAULT_FALLBACK_KEY, DEFAULT_KEY, DEFAULT_MODE, FULL, Mode, Stage
-from ..nginx.dialect import WHITELIST_DIR, RenderInput, check_structure, render
+from ..model import DEFAULT_FALLBACK_KEY, DEFAULT_KEY, DEFAULT_MODE, FULL, Mode, Runtime, Stage
+from ..nginx.dialect import WHITELIST_DIR, RenderInput, check_structure, render, restage
 from ..validate import fallback_warning
 from . import files, rendercache, wlcache
 from .state import StateStore
@@ -55,6 +55,8 @@ class Plan:
         bytes, which no validated id, server or key can contain.
         """
         h = self.stage.hundredths
+        if self.lua:  # one skeleton for every stage with v2 on; restage() writes the stage in
+            return dataclasses.replace(self.inputs, generation=GENERATION_MARKER, stage=Stage.at(5000)), False
         variable = self.stage.v2_enabled and 0 < h < FULL and self.inputs.mode == Mode.HASH
         if not variable:
             return dataclasses.replace(self.inputs, generation=GENERATION_MARKER), False
@@ -71,7 +73,14 @@ class Plan:
                 self.cache.put(skeleton, text)
         return text.replace(PERCENT_MARKER, self.stage.percent) if variable else text
 
+    @property
+    def lua(self) -> bool:
+        """The lua runtime with v2 on: the stage lives in two lines, not in the file's structure."""
+        return self.inputs.runtime == Runtime.LUA and self.stage.v2_enabled
+
     def text(self, generation: int) -> str:
+        if self.lua:
+            return restage(self._template, generation, self.stage, self.inputs.mode)
         return self._template.replace(GENERATION_MARKER, str(generation))
 
     def checked_text(self, generation: int) -> str:
@@ -88,6 +97,7 @@ def whitelist_dir(settings: Settings) -> Path:
 def plan(settings: Settings, stage: Stage, use_cache: bool = True, remember: bool = False) -> Plan:
     """Validate everything the stage needs. Touches nothing."""
     resolved, include = None, None
+    store = StateStore(settings.state_dir)
     if stage.v2_enabled:
         v2, split = settings.require_rollout()
         resolved = wlcache.resolve(settings.state_dir, settings.nginx.output_dir, split, use_cache)
@@ -111,8 +121,10 @@ def plan(settings: Settings, stage: Stage, use_cache: bool = True, remember: boo
         v2=v2,
         whitelist=ids,
         status_listen=settings.nginx.status_listen,
-        owner=StateStore(settings.state_dir).owner,
+        owner=store.owner,
         include=include,
+        runtime=settings.nginx.runtime,
+        token_digest=store.token_digest(create=remember) if settings.nginx.runtime == Runtime.LUA else "-",
         include_file=resolved.file if resolved else None,
     )
     if stage.v2_enabled and stage.hundredths not in (0, FULL) and mode == Mode.HASH:

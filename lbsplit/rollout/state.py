@@ -6,6 +6,7 @@ reported as DamagedFile naming it and the fix; it never surfaces as a traceback.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -71,6 +72,7 @@ class Journal:
     stage_hundredths: int = 0
     previous_sha256: str | None = None  # what the backup must hash to before repair restores it
     phase: str = Phase.SWAPPING
+    live_set: bool = False  # the lua runtime's path: the stage is set live, nginx is not reloaded
 
     @property
     def stage(self) -> Stage:
@@ -137,9 +139,33 @@ class StateStore:
     def watchdog_lock_path(self) -> Path:
         return self.dir / "watchdog.lock"
 
+    @property
+    def token_path(self) -> Path:
+        """The lua runtime's control token: only its hash goes into lbsplit.conf."""
+        return self.dir / "control.token"
+
     def ensure(self) -> None:
         files.ensure_dir(self.dir, 0o755)
         files.ensure_dir(self.generations_dir, 0o755)
+
+    def control_token(self, create: bool = False) -> str | None:
+        """The control token (0600, 32 random bytes as hex); created on first use when `create`."""
+        raw = files.read_bytes(self.token_path)
+        token = raw.decode("ascii", errors="replace").strip() if raw else ""
+        if len(token) == 64 and all(c in "0123456789abcdef" for c in token):
+            return token
+        if not create:
+            return None
+        token = os.urandom(32).hex()
+        files.atomic_write(self.token_path, token + "\n", mode=0o600)
+        return token
+
+    def token_digest(self, create: bool = False) -> str:
+        """base64(SHA-1(token)), as the control endpoint compares it; "-" (matches no token) without one."""
+        token = self.control_token(create)
+        if token is None:
+            return "-"
+        return base64.b64encode(hashlib.sha1(token.encode("ascii")).digest()).decode("ascii")
 
     # state
     def read_state(self) -> State | None:

@@ -24,6 +24,9 @@ def _serves_state(answer: dict | None, state, owner: str) -> bool:
         return False  # another lbsplit config's file, sharing this output_dir
     expected_percent = float(state.stage.percent) if state.v2_enabled else None
     percent = answer.get("percent")
+    workers = answer.get("workers")  # the lua runtime: every worker reports the generation it reads
+    if workers is not None and not (isinstance(workers, list) and workers and all(w == state.generation for w in workers)):
+        return False
     return (
         answer.get("generation") == state.generation
         and answer.get("v2") is state.v2_enabled
@@ -64,6 +67,7 @@ def live_status(settings: Settings) -> dict:
         "applied_at": state.applied_at if state else None,
         "applied_by": state.applied_by if state else None,
         "command": state.command if state else None,
+        "runtime": str(settings.nginx.runtime),
         "nginx_running": running,
         "serving_generation": answer.get("generation") if answer else None,
         "serving_answer": answer,

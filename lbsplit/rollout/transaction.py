@@ -30,8 +30,17 @@ from ..errors import (
     StructureError,
     UnfinishedTransaction,
 )
-from ..model import DEFAULT_MODE, Stage
-from ..nginx.dialect import check_shape, check_whitelist_text, include_of, is_whitelist_name, owner_of
+from ..model import DEFAULT_MODE, Mode, Runtime, Stage
+from ..nginx.dialect import (
+    check_shape,
+    check_whitelist_text,
+    include_of,
+    is_whitelist_name,
+    live_stage,
+    lua_stage,
+    owner_of,
+    restage,
+)
 from ..nginx.process import Nginx
 from . import files, wlcache
 from .planning import Plan, plan, share, whitelist_dir
@@ -41,6 +50,19 @@ FAILPOINT_ENV = "LBSPLIT_FAILPOINT"
 # The named steps, in the order a transaction passes them.
 STEPS = ("after-lock", "after-include", "after-backup", "after-journal", "after-swap", "after-test", "after-reload",
          "after-verify", "after-state", "after-history")
+# The lua runtime's zero-reload path: no nginx -t and no reload; the stage is set live after the swap.
+LUA_STEPS = ("after-lock", "after-backup", "after-journal", "after-swap", "after-control", "after-verify",
+             "after-state", "after-history")
+# nginx -t's words when the lua module is not loaded
+LUA_DIRECTIVES = ("lua_shared_dict", "init_by_lua_block", "init_worker_by_lua_block", "rewrite_by_lua_block",
+                  "content_by_lua_block")
+LUA_MODULES = "/usr/lib/nginx/modules"
+
+
+def lua_modules() -> tuple[str, ...]:
+    """Debian's ndk and lua modules, in load order, for a private check config (empty when not installed)."""
+    found = tuple(f"{LUA_MODULES}/{m}" for m in ("ndk_http_module.so", "ngx_http_lua_module.so"))
+    return found if all(Path(m).is_file() for m in found) else ()
 
 
 def failpoint(step: str) -> None:
@@ -158,6 +180,21 @@ class Transaction:
             return f"nginx serves generation {generation} again"
         return f"nginx does not answer with generation {generation} yet; check `lbsplit status`"
 
+    def _restore_live(self, text: bytes | None) -> str:
+        """The lua runtime's undo: set the stage the (restored) live file holds, with no reload."""
+        held = live_stage(text.decode("utf-8", errors="replace")) if text else None
+        token = self.store.control_token()
+        if held is None or token is None:
+            return self._reload_to(held[0] if held else None)
+        generation, stage = held
+        try:
+            self.nginx.set_live(generation, stage, token)
+        except LbsplitError as e:
+            return f"setting the previous stage live failed too: {e}"
+        if self.nginx.wait_live(generation, self.settings.nginx.verify_timeout):
+            return f"nginx serves generation {generation} again (set live, no reload)"
+        return f"nginx does not report generation {generation} from every worker yet; check `lbsplit status`"
+
     def _backup(self, previous: bytes, state: State | None) -> None:
         """Keep the live bytes for undo: a hard link to the saved generation when it is the same file."""
         saved = self.store.generations_dir / f"{state.generation}.conf" if state else None
@@ -185,7 +222,11 @@ class Transaction:
         swapped = live is not None and sha256(live) == journal.new_sha256
         if swapped:
             self._put_back(self._checked_backup(journal))
-        if not swapped and journal.phase == Phase.SWAPPING:
+        if journal.live_set:
+            # The stage may have been set live before the crash: nginx reads it from the restored file again.
+            restored = files.read_bytes(self.live)
+            note = self._restore_live(restored) if self.nginx.master_pid() is not None else "nginx is not running"
+        elif not swapped and journal.phase == Phase.SWAPPING:
             note = "the live file was never replaced and nginx never reloaded"
         elif self.nginx.master_pid() is None:
             note = "nginx is not running"
@@ -303,6 +344,10 @@ class Transaction:
             messages.append(f"{self.live} already exists (generation {state.generation}); nothing to do")
             return Outcome(state.generation, stage, changed=False, reloaded=False, messages=messages)
         master = None if install_only else self.nginx.master_pid()
+        if not install_only and self.settings.nginx.runtime == Runtime.LUA:
+            zero_reload = self._restaged(prepared, state, previous)
+            if zero_reload is not None:
+                return self._run_live(prepared, zero_reload, state, previous, master, messages, signals)
         if state is not None and previous is not None and not install_only:
             if prepared.text(state.generation).encode() == previous and (
                 master is None or self.nginx.serving_generation() == state.generation
@@ -313,7 +358,7 @@ class Transaction:
         prepared = self._install_whitelist(prepared)
         failpoint("after-include")
         # A revert is the break-glass: it never waits for a layout check to pass.
-        layout = self._check_layout(state) if master is not None and stage.v2_enabled else None
+        layout = self._check_layout(state, messages) if master is not None and stage.v2_enabled else None
         generation = self.store.last_generation() + 1
         with timing.phase("render"):
             data = prepared.checked_text(generation).encode("utf-8")
@@ -392,6 +437,92 @@ class Transaction:
         self._tidy(prepared, messages)
         return Outcome(generation, stage, changed=True, reloaded=master is not None, messages=messages)
 
+    # ---- the lua runtime's zero-reload path
+    def _restaged(self, prepared: Plan, state: State | None, previous: bytes | None):
+        """generation -> the new file, when only the live file's stage lines change; else None (reload path).
+
+        The live file must be the lua-runtime file lbsplit recorded, with this state_dir's token
+        and its whitelist file in place. A revert needs no valid [split] or v2: it restages the
+        live file. A wider change must render to the same file but for the stage lines.
+        """
+        if state is None or previous is None or sha256(previous) != state.sha256:
+            return None
+        text = previous.decode("utf-8", errors="replace")
+        digest = self.store.token_digest()
+        if live_stage(text) is None or owner_of(text) != self.store.owner or f'"{digest}"' not in text:
+            return None
+        include = include_of(text)
+        if include and not Path(include).is_file():
+            return None  # the reload path writes it again
+        stage, mode = prepared.stage, Mode(state.mode)
+        if not stage.v2_enabled:
+            return lambda generation: restage(text, generation, stage, mode)
+        if not prepared.lua or restage(text, state.generation, stage, mode) != prepared.text(state.generation):
+            return None
+        return prepared.text
+
+    def _run_live(self, prepared: Plan, new_text, state: State, previous: bytes, master: int | None,
+                  messages: list[str], signals: Signals) -> Outcome:
+        """Write the restaged file, then set its stage live through the control endpoint: no nginx -t, no reload."""
+        stage = prepared.stage
+        if new_text(state.generation).encode() == previous and (
+                master is None or _reports(self.nginx.serving(), state.generation, stage)):
+            messages.append(f"already live: generation {state.generation} (v2 {stage.describe()}); nothing changed")
+            return Outcome(state.generation, stage, changed=False, reloaded=False, messages=messages)
+        token = self.store.control_token()
+        generation = self.store.last_generation() + 1
+        data = new_text(generation).encode("utf-8")
+        self._check_space(len(data))
+        self._backup(previous, state)
+        failpoint("after-backup")
+        journal = Journal(command=self.command, pid=os.getpid(), started=now(), to_generation=generation,
+                          new_sha256=sha256(data), had_previous=True, previous_generation=state.generation,
+                          stage_v2=stage.v2_enabled, stage_hundredths=stage.hundredths,
+                          previous_sha256=sha256(previous), live_set=True)
+        signals.touched = True
+        self.store.begin(journal)
+        try:
+            failpoint("after-journal")
+            files.atomic_write(self.live, data)
+            failpoint("after-swap")
+            if master is not None:
+                with timing.phase("set live"):
+                    self.nginx.set_live(generation, lua_stage(stage), token)
+                failpoint("after-control")
+                with timing.phase("wait"):
+                    if not self.nginx.wait_live(generation, self.settings.nginx.verify_timeout):
+                        raise ReloadFailed(f"nginx did not report generation {generation} from every worker within "
+                                           f"{self.settings.nginx.verify_timeout:g}s")
+            signals.committed = True
+        except BaseException as e:
+            try:
+                if files.read_bytes(self.live) != previous:
+                    self._put_back(previous)
+            except LbsplitError as undo_error:
+                raise UnfinishedTransaction(f"{e}\nputting the previous {self.live} back failed too: {undo_error}; "
+                                            "run `lbsplit repair` once the disk is writable") from None
+            note = self._restore_live(previous) if master is not None else "nginx is not running"
+            self.store.finish()
+            if isinstance(e, ReloadFailed):
+                raise ReloadFailed(f"{e}\nPrevious stage restored; {note}") from None
+            raise
+        failpoint("after-verify")
+        if master is None:
+            messages.append(f"nginx is not running: wrote generation {generation} (v2 {stage.describe()}); "
+                            "nginx starts at that stage")
+            result = "installed; nginx not running"
+        else:
+            messages.append(f"nginx serves generation {generation}: v2 {stage.describe()} "
+                            f"({share(stage, prepared.inputs.mode)}), set live with no reload")
+            result = "set live (lua runtime, no reload)"
+        try:
+            self._record(generation, stage, data, reloaded=master is not None, command=self.command, note=result)
+            self.store.finish()
+        except LbsplitError as e:
+            raise type(e)(f"nginx serves generation {generation} (v2 {stage.describe()}), but recording it in "
+                          f"{self.store.dir} failed: {e}. The next lbsplit command (or `lbsplit repair`) records it") from None
+        return Outcome(generation, stage, changed=True, reloaded=False, messages=messages)
+
     def _install_whitelist(self, prepared: Plan) -> Plan:
         """Write the whitelist's map file unless it is there already (its name is its content)."""
         resolved = prepared.whitelist
@@ -436,7 +567,7 @@ class Transaction:
         """What one `nginx -T` check vouches for: this config file, this lbsplit.conf, this status address."""
         return f"{self.settings.nginx.conf}|{self.live}|{self.settings.nginx.status_listen}"
 
-    def _check_layout(self, state: State | None) -> str | None:
+    def _check_layout(self, state: State | None, messages: list[str]) -> str | None:
         """Once per layout: nginx includes lbsplit.conf, and no other server listens on status_listen."""
         key = self.layout_key()
         if state is not None and state.layout_checked == key:
@@ -454,6 +585,11 @@ class Transaction:
                 f"nginx.status_listen: {self.settings.nginx.status_listen} is taken by your own server "
                 f"({'; '.join(clashes[:3])}); lbsplit's status page would answer there instead of your site. "
                 "Pick a free loopback port, e.g. 127.0.0.1:9181")
+        if self.settings.nginx.runtime == Runtime.LUA:
+            for where in dump.own_lua_rewrites(self.live)[:5]:
+                messages.append(
+                    f"WARNING: {where} has its own rewrite_by_lua handler, which replaces lbsplit's: requests there "
+                    "all go to v1 unless that handler first calls lbsplit_rewrite()")
         return key
 
     def _check_owner(self, previous: bytes | None, stage: Stage, messages: list[str]) -> None:
@@ -487,6 +623,14 @@ class Transaction:
             self.nginx.test()
         except NginxTestFailed as e:
             self._put_back(previous)
+            if self.settings.nginx.runtime == Runtime.LUA and any(
+                    f'unknown directive "{d}"' in str(e) for d in LUA_DIRECTIVES):
+                raise ConfigError(
+                    "nginx.runtime: \"lua\" needs nginx's lua module, and this nginx does not load it (nothing was "
+                    "changed). Install it with `apt-get install libnginx-mod-http-lua` (it enables itself for the "
+                    f"system nginx), or add to the main context of {self.settings.nginx.conf}: "
+                    f"`load_module {LUA_MODULES}/ndk_http_module.so; load_module {LUA_MODULES}/ngx_http_lua_module.so;`"
+                    ". Or set nginx.runtime = \"reload\"") from None
             if previous is None:
                 raise NginxTestFailed(f"nginx -t rejected the config with lbsplit.conf in place:\n{e}") from None
             try:
@@ -510,6 +654,14 @@ class Transaction:
             f"nginx still serves generation {seen} after {self.settings.nginx.verify_timeout:g}s, not {generation}; "
             "the reload did not take effect (nginx's error log says why, e.g. a port in use)"
         )
+
+
+def _reports(answer: dict | None, generation: int, stage: Stage) -> bool:
+    """Does the status page report this generation at this stage (the lua runtime's live stage can be set apart)?"""
+    if not isinstance(answer, dict) or answer.get("generation") != generation or answer.get("v2") is not stage.v2_enabled:
+        return False
+    percent = answer.get("percent")
+    return not stage.v2_enabled or isinstance(percent, (int, float)) and round(percent * 100) == stage.hundredths
 
 
 def init(settings: Settings) -> Outcome:

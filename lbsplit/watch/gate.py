@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 from ..config import Settings
 from ..errors import ConfigError, GateRefused, LbsplitError
-from ..model import Bound, Level, NoData, Stage
+from ..model import Bound, Level, NoData, Runtime, Stage
+from ..nginx.dialect import live_stage
 from ..rollout import files, transaction
 from ..rollout.state import StateStore
 from ..rollout.planning import plan
-from ..rollout.transaction import Outcome, Transaction, actor, now
+from ..rollout.transaction import Outcome, Transaction, actor, lua_modules, now
 from . import endpoint, hooks, judge, notify, sources
 from .memory import load_state
 
@@ -106,6 +107,9 @@ def revert_item(txn: Transaction) -> Item:
     depends only on that text and the nginx binary: a pass is remembered for both, and the
     next widening with neither changed skips the extra nginx -t.
     """
+    lua = txn.settings.nginx.runtime == Runtime.LUA
+    if lua and live_stage((files.read_bytes(txn.live) or b"")[:1 << 16].decode("utf-8", errors="replace")):
+        return Item("revert config", True, "lua runtime: a revert sets v2 off live, with no nginx -t and no reload")
     text = plan(txn.settings, Stage.off(), remember=True).checked_text(0)
     key = hashlib.sha256(f"{txn.nginx.identity()}\0{text}".encode()).hexdigest()
     marker = txn.store.dir / REVERT_CHECKED
@@ -114,7 +118,7 @@ def revert_item(txn: Transaction) -> Item:
             return Item("revert config", True, "passes nginx -t (unchanged since it last passed)")
     except LbsplitError:
         pass
-    error = txn.nginx.test_snippet(text)
+    error = txn.nginx.test_snippet(text, lua_modules() if lua else ())
     if error:
         return Item("revert config", False, f"nginx -t rejects it: {error}")
     try:
