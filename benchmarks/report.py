@@ -21,6 +21,61 @@ def _when(r: dict, name: str) -> list[str]:
     return [line + ".", ""]
 
 
+def _lua_runtime(r: dict) -> list[str]:
+    lr = r.get("lua_runtime")
+    if not lr:
+        return []
+    out = [
+        "## 7. The zero-reload runtime (`nginx.runtime = \"lua\"`)",
+        "",
+        *_when(r, "lua_runtime"),
+        "Method: two sandboxes with the same whitelist of n UUIDs, one per runtime, each changed 10% <-> 20% in",
+        "alternating rounds (medians). *apply* is the whole `lbsplit apply` process, start-up included, measured",
+        "from outside. *live* is the lua runtime's control write until the status page reports the new",
+        "generation from every worker (the `set live` + `wait` phases). nginx RSS is the sum over nginx's master",
+        "and all its children (old workers still shutting down included): at the start of the apply -> its peak,",
+        "sampled every 10 ms during the apply.",
+        "",
+        "| whitelist ids | apply, reload runtime | apply, lua runtime | live (lua) | peak nginx RSS, reload | peak nginx RSS, lua |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in lr["rows"]:
+        out.append(
+            f"| {row['ids']:,} | {row['reload_apply_s']:.3f} s | {row['lua_apply_s']:.3f} s | "
+            f"{row['lua_live_ms']:.1f} ms (max {row['lua_live_ms_max']:.1f}) | "
+            f"{row['reload_rss_before_mib']:.0f} -> {row['reload_rss_peak_mib']:.0f} MiB | "
+            f"{row['lua_rss_before_mib']:.0f} -> {row['lua_rss_peak_mib']:.0f} MiB |")
+    load = lr["under_load"]
+    out += [
+        "",
+        f"Failed requests across {lr['changes']} percent changes under keep-alive load (wrk, 50 connections;",
+        "failed = socket errors + non-2xx):",
+        "",
+        "| runtime | requests | requests/s | failed |",
+        "|---|---|---|---|",
+    ]
+    out += [f"| {runtime} | {x['requests']:,} | {x['rps']:,.0f} | {x['failed']:,} |" for runtime, x in load.items()]
+    out += ["", "The lua runtime's changes take less time, so its window under load is shorter: compare requests/s."]
+    broken = lr["revert_with_broken_nginx_conf_exit"]
+    biggest = max(lr["rows"], key=lambda row: row["ids"])
+    out += [
+        "",
+        f"`lbsplit revert` with an unrelated broken directive in nginx.conf: exit {broken['reload']} in the reload "
+        f"runtime, exit {broken['lua']} in the lua runtime.",
+        "",
+        "Goals:",
+        f"- 0 failed requests across {lr['changes']} changes with keep-alive clients: "
+        f"{_verdict(load['lua']['failed'] == 0)} ({load['lua']['failed']}).",
+        f"- a percent change at {biggest['ids']:,} ids live in under 50 ms: "
+        f"{_verdict(biggest['lua_live_ms'] < 50)} ({biggest['lua_live_ms']:.1f} ms).",
+        f"- the whole `lbsplit apply` under 0.4 s at {biggest['ids']:,} ids: "
+        f"{_verdict(biggest['lua_apply_s'] < 0.4)} ({biggest['lua_apply_s']:.3f} s).",
+        f"- revert with a broken nginx.conf: {_verdict(broken['lua'] == 0)}.",
+        "",
+    ]
+    return out
+
+
 def write_report(r: dict, path: Path) -> None:
     m = r["machine"]
     out = [
@@ -171,4 +226,5 @@ def write_report(r: dict, path: Path) -> None:
     extra = r.get("log_parse")
     if extra:
         out += extra.get("markdown", [])
+    out += _lua_runtime(r)
     path.write_text("\n".join(out) + "\n")

@@ -49,8 +49,8 @@ def lbsplit(sb: Sandbox, *args: str, check: bool = True, env: dict | None = None
     return result
 
 
-def new_sandbox(root: Path, whitelist_file: bool = False) -> Sandbox:
-    sb = Sandbox(root)
+def new_sandbox(root: Path, whitelist_file: bool = False, lua: bool = False) -> Sandbox:
+    sb = Sandbox(root, lua=lua)
     sb.write_config(extra='whitelist_file = "wl.txt"\n' if whitelist_file else "")
     (sb.root / "wl.txt").write_text("")
     lbsplit(sb, "init")
@@ -324,6 +324,123 @@ def memory(root: Path, sizes: list[int]) -> None:
         sb.stop()
 
 
+# ---------------------------------------------------------------- 7. the lua runtime
+def _nginx_rss_kib(master: int) -> int:
+    """The master's and all its children's resident memory (old workers still shutting down included)."""
+    total = _rss_kib(master)
+    for line in subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True).stdout.split():
+        try:
+            total += _rss_kib(int(line))
+        except (OSError, AttributeError):
+            pass  # gone meanwhile
+    return total
+
+
+def _peak_during(master: int, action) -> tuple[float, int, int]:
+    """(seconds, RSS before, peak RSS) of nginx's processes while `action` runs, sampled every 10 ms."""
+    import threading
+
+    before = _nginx_rss_kib(master)
+    peak = [before]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _nginx_rss_kib(master))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.monotonic()
+    try:
+        action()
+        took = time.monotonic() - started
+        time.sleep(0.2)
+    finally:
+        done.set()
+        sampler.join()
+    return took, before, peak[0]
+
+
+def _timed_apply(sb: Sandbox, percent: str) -> tuple[float, dict]:
+    timings = sb.root / "timings.jsonl"
+    timings.unlink(missing_ok=True)
+    env = {"LBSPLIT_TIMINGS": str(timings), "LBSPLIT_TIMINGS_T0": repr(time.time())}
+    started = time.monotonic()
+    lbsplit(sb, "apply", percent, "--force", env=env)
+    took = time.monotonic() - started
+    return took, json.loads(timings.read_text().splitlines()[-1])
+
+
+def lua_runtime(root: Path, sizes: list[int], repeats: dict[int, int], changes: int) -> None:
+    """Both runtimes side by side: a percent change's time to live, nginx's memory during it, and
+    failed requests across `changes` changes under keep-alive load."""
+    rows = []
+    boxes = {"reload": new_sandbox(root / "rt-reload", whitelist_file=True),
+             "lua": new_sandbox(root / "rt-lua", whitelist_file=True, lua=True)}
+    try:
+        for n in sizes:
+            ids = uuids(n, 41)
+            row = {"ids": n}
+            for runtime, sb in boxes.items():
+                (sb.root / "wl.txt").write_text("\n".join(ids) + ("\n" if n else ""))
+                lbsplit(sb, "apply", "10", "--force")  # the whitelist changes: a reload in both runtimes
+                time.sleep(0.5 + n / 200_000)
+            totals = {"reload": [], "lua": []}
+            live_ms, memory = [], {}
+            for i in range(repeats[n]):
+                target = "20" if i % 2 == 0 else "10"
+                for runtime in (("reload", "lua") if i % 2 == 0 else ("lua", "reload")):
+                    sb = boxes[runtime]
+                    phases = {}
+
+                    def change():
+                        took, row_phases = _timed_apply(sb, target)
+                        totals[runtime].append(took)
+                        phases.update(row_phases)
+
+                    took, before, peak = _peak_during(sb.front.pid(), change)
+                    memory.setdefault(runtime, []).append((before, peak))
+                    if runtime == "lua":
+                        live_ms.append(1000 * (phases.get("set live", 0.0) + phases.get("wait", 0.0)))
+                    time.sleep(0.3 + n / 200_000)
+            for runtime in boxes:
+                row[f"{runtime}_apply_s"] = statistics.median(totals[runtime])
+                row[f"{runtime}_rss_before_mib"] = statistics.median(b for b, _ in memory[runtime]) / 1024
+                row[f"{runtime}_rss_peak_mib"] = statistics.median(p for _, p in memory[runtime]) / 1024
+            row["lua_live_ms"] = statistics.median(live_ms)
+            row["lua_live_ms_max"] = max(live_ms)
+            row["repeats"] = repeats[n]
+            rows.append(row)
+            log(f"lua runtime {n} ids: apply reload {row['reload_apply_s']:.3f}s, lua {row['lua_apply_s']:.3f}s "
+                f"(live in {row['lua_live_ms']:.1f} ms); peak RSS reload {row['reload_rss_peak_mib']:.0f} MiB, "
+                f"lua {row['lua_rss_peak_mib']:.0f} MiB")
+        # Failed requests under keep-alive load, both runtimes, the same changes.
+        load = {}
+        for runtime, sb in boxes.items():
+            (sb.root / "wl.txt").write_text("")
+            lbsplit(sb, "apply", "10", "--force")
+            time.sleep(1)
+            flip = lambda i, sb=sb: lbsplit(sb, "apply", "20" if i % 2 == 0 else "10", "--force")
+            load[runtime] = _under_load(sb, "ids.lua", flip, changes)
+            log(f"{changes} changes under keep-alive load, {runtime} runtime: {load[runtime]['failed']} failed "
+                f"of {load[runtime]['requests']}")
+        # Revert with an unrelated broken nginx.conf: the lua runtime needs no nginx -t.
+        broken = {}
+        for runtime, sb in boxes.items():
+            conf = sb.front.conf.read_text()
+            sb.front.conf.write_text(conf.replace("http {", "http {\n    unrelated_broken_directive on;", 1))
+            try:
+                broken[runtime] = lbsplit(sb, "revert", check=False).returncode
+            finally:
+                sb.front.conf.write_text(conf)
+        RESULTS["lua_runtime"] = {"rows": rows, "changes": changes, "under_load": load,
+                                  "revert_with_broken_nginx_conf_exit": broken}
+    finally:
+        for sb in boxes.values():
+            sb.stop()
+
+
 # ---------------------------------------------------------------- 6. access-log reading
 def _write_log(path: Path, lines: int, now: float) -> None:
     with open(path, "w") as f:
@@ -420,6 +537,8 @@ def main() -> int:
         "proxy_cost": lambda root: proxy_cost(root, 3 if q else 4, 2 if q else 12),
         "reloads": lambda root: reloads_under_load(root, 10 if q else 50),
         "memory": lambda root: memory(root, [0, 100_000] if q else [0, 100_000, 1_000_000]),
+        "lua_runtime": lambda root: lua_runtime(root, [0, 100_000] if q else [0, 100_000, 1_000_000],
+                                                {0: 3 if q else 9, 100_000: 3 if q else 7, 1_000_000: 3}, 10 if q else 50),
         "log_parse": lambda root: log_parse(root / "logs", [200_000, 2_000_000] if not q else [100_000, 400_000],
                                             3 if not q else 1),
     }
