@@ -18,6 +18,8 @@ from .rollout.state import DamagedFile, StateStore
 from .watch import gate, planview, sources
 from .watch.logsource import parse_duration
 from .watch.watchdog import Watchdog
+from .fleet import agent as fleet_agent
+from .fleet import commands as fleet
 
 PERCENT_ARG = {"ignore_unknown_options": True}  # so that "-5" reaches our own validation
 
@@ -110,7 +112,8 @@ def apply(obj: Context, percent: str, dry_run: bool, reason: str, force: bool) -
     """Send the whitelist plus PERCENT of users (0-100, two decimals) to v2.
 
     Widening (also from off) first passes the promotion gate (see `lbsplit check`).
-    Returns once nginx serves the new config. Example: lbsplit apply 30 --reason "stage 2"
+    Returns once nginx serves the new config. With [fleet]: every live load balancer, in two
+    phases (propose, commit), or none of them. Example: lbsplit apply 30 --reason "stage 2"
     """
 
     def go():
@@ -121,6 +124,10 @@ def apply(obj: Context, percent: str, dry_run: bool, reason: str, force: bool) -
             for warning in dry.warnings:
                 click.echo(warning, err=True)
             click.echo(dry.diff, nl=False)
+            return
+        if settings.require_fleet():
+            for line in fleet.change(settings, stage, f"apply {stage.percent}", reason, force=force):
+                click.echo(line)
             return
         echo_outcome(gate.apply(settings, stage, reason, force))
 
@@ -138,7 +145,22 @@ def promote(obj: Context, reason: str, force: bool, confirm: tuple[str, ...]) ->
 
     Example: lbsplit promote --confirm "user feedback positive" --reason "survey 2026-12-01"
     """
-    run(lambda: echo_outcome(gate.promote(obj.settings(), reason, force, confirm)))
+    def go():
+        settings = obj.settings()
+        if settings.require_fleet():
+            if confirm:
+                raise ConfigError("--confirm: in fleet mode confirm the checks on each host (`lbsplit promote --confirm "
+                                  "ITEM` there is recorded locally); then run `lbsplit promote`")
+            stage = fleet.next_stage(settings)
+            if stage is None:
+                click.echo("v2 is at the fleet's last stage: nothing to promote")
+                return
+            for line in fleet.change(settings, stage, f"promote {stage.percent}", reason, force=force, strict=True):
+                click.echo(line)
+            return
+        echo_outcome(gate.promote(settings, reason, force, confirm))
+
+    run(go)
 
 
 @main.command(context_settings=PERCENT_ARG)
@@ -175,6 +197,8 @@ def watchdog(obj: Context, once: bool, loop: bool) -> None:
 
     For cron, every minute: the run makes the checks that one minute holds (4 at 15 s)
     and ends before the next. Exit 10 when it reverted, 11 when it cannot act (act now).
+    With [fleet]: one host's watchdog leads (an etcd lease) and reverts the whole fleet; the
+    others exit 0 naming the leader (with --loop they stand by and take over).
     Example crontab line: * * * * * lbsplit --config /etc/lbsplit.toml watchdog
     """
 
@@ -187,21 +211,78 @@ def watchdog(obj: Context, once: bool, loop: bool) -> None:
         if health is None:
             raise ConfigError("health: no [health] section; add one (url = v2's health endpoint) to use the watchdog")
         chatty = sys.stderr.isatty()
-        sys.exit(Watchdog(settings, health, echo=lambda m: click.echo(m, err=True), chatty=chatty).run(mode))
+        echo = lambda m: click.echo(m, err=True)  # noqa: E731
+        if settings.require_fleet() is None:
+            sys.exit(Watchdog(settings, health, echo=echo, chatty=chatty).run(mode))
+        sys.exit(fleet.lead_and_watch(settings, health, mode, echo, chatty))
 
     run(go)
 
 
 @main.command()
 @reason_option
+@click.option("--local", "local", is_flag=True,
+              help="With [fleet]: revert this host only, without etcd; its agent then ignores the fleet until "
+                   "`lbsplit rejoin`.")
 @click.pass_obj
-def revert(obj: Context, reason: str) -> None:
+def revert(obj: Context, reason: str, local: bool) -> None:
     """Turn v2 off: everyone, whitelist included, back on v1.
 
     Needs only nginx: no health endpoint, no network, not even a valid [split] section.
+    With [fleet]: one write to etcd that every agent applies; --local is the break-glass on one host.
     Example: lbsplit revert --reason "error rate 7%"
     """
-    run(lambda: echo_outcome(gate.revert(obj.settings_for_revert(), reason)))
+
+    def go():
+        settings = obj.settings_for_revert()
+        if not local and settings.fleet_error is not None:
+            raise ConfigError(f"{settings.fleet_error}; to revert this host alone, run `lbsplit revert --local`")
+        if local or settings.fleet is None:
+            if local:
+                fleet_agent.set_override(settings, reason)  # first: the agent must not undo what follows
+            echo_outcome(gate.revert(settings, reason))
+            if local:
+                click.echo("this host is now locally overridden: its agent ignores the fleet until `lbsplit rejoin`")
+            return
+        try:
+            lines = fleet.revert(settings, reason)
+        except fleet.StoreUnavailable as e:
+            raise fleet.StoreUnavailable(f"{e}. Break-glass without etcd: `lbsplit revert --local` on each host") from None
+        for line in lines:
+            click.echo(line)
+
+    run(go)
+
+
+@main.command()
+@click.pass_obj
+def rejoin(obj: Context) -> None:
+    """With [fleet]: clear this host's `revert --local` override; its agent follows the fleet again.
+
+    The agent then applies the fleet's desired stage here. Example: lbsplit rejoin
+    """
+
+    def go():
+        settings = obj.settings(for_revert=True)
+        if settings.require_fleet() is None:
+            raise ConfigError("rejoin: the config has no [fleet] section")
+        cleared = fleet_agent.clear_override(settings)
+        click.echo("override cleared: the agent follows the fleet again" if cleared else "this host was not overridden")
+
+    run(go)
+
+
+@main.command()
+@click.pass_obj
+def agent(obj: Context) -> None:
+    """With [fleet]: follow the fleet's desired state on this load balancer (run it as a service).
+
+    Registers this host in etcd under a lease, validates and applies every fleet change with the
+    local transaction, and reports what this host serves. Stops on SIGTERM. See
+    docs/examples/lbsplit-agent.service. Example: lbsplit --config /etc/lbsplit.toml agent
+    """
+    run(lambda: sys.exit(fleet_agent.Agent(obj.config_path, log=lambda m: click.echo(f"lbsplit agent: {m}",
+                                                                                     err=True)).run()))
 
 
 @main.command(context_settings=PERCENT_ARG)
@@ -227,15 +308,28 @@ def render(obj: Context, percent: str, whitelist_file: bool) -> None:
 
 @main.command()
 @json_option
+@click.option("--local", "local", is_flag=True, help="With [fleet]: this host only, without etcd.")
 @click.pass_obj
-def status(obj: Context, as_json: bool) -> None:
+def status(obj: Context, as_json: bool, local: bool) -> None:
     """Show the live stage and whether nginx really serves it; exit 9 when it does not.
 
+    With [fleet]: the desired state and every host (change, stage, generation, served, lease
+    alive, last error); exit 9 when a live host does not serve the desired state.
     Example: lbsplit status --json
     """
 
     def go():
-        s = planview.full_status(obj.settings(for_revert=True))
+        settings = obj.settings(for_revert=True)
+        if settings.require_fleet() and not local:
+            f = fleet.status(settings)
+            if as_json:
+                click.echo(json.dumps({k: v for k, v in f.items() if k != "lines"}, indent=2))
+            else:
+                for line in f["lines"]:
+                    click.echo(line)
+            fleet.require_serving(f)
+            return
+        s = planview.full_status(settings)
         if as_json:
             click.echo(json.dumps(s, indent=2))
         else:
@@ -347,14 +441,18 @@ def alerts(obj: Context, as_json: bool) -> None:
 @main.command()
 @json_option
 @click.option("-n", "--limit", type=int, default=None, help="Only the last N entries (N >= 1).")
+@click.option("--local", "local", is_flag=True, help="With [fleet]: this host's own history instead of the fleet's.")
 @click.pass_obj
-def history(obj: Context, as_json: bool, limit: int) -> None:
-    """One line per change: time, user, command, from -> to, reason. Example: lbsplit history -n 5"""
+def history(obj: Context, as_json: bool, limit: int, local: bool) -> None:
+    """One line per change: time, user, command, from -> to, reason. With [fleet]: the fleet's changes
+    from etcd, with each host's result (--local: this host's own). Example: lbsplit history -n 5"""
 
     def go():
         if limit is not None and limit < 1:
             raise ConfigError(f"-n: {limit} is not a number of entries; give 1 or more, or leave -n out for all")
-        entries = StateStore(obj.settings(for_revert=True).state_dir).read_history()
+        settings = obj.settings(for_revert=True)
+        in_fleet = settings.require_fleet() is not None and not local
+        entries = fleet.history(settings) if in_fleet else StateStore(settings.state_dir).read_history()
         if not entries and not as_json:
             click.echo("no history yet: nothing has been applied")
         for e in entries[-limit:] if limit else entries:
@@ -362,10 +460,13 @@ def history(obj: Context, as_json: bool, limit: int) -> None:
                 click.echo(json.dumps(e, ensure_ascii=False))
             else:
                 reason = f"  reason: {e.get('reason')}" if e.get("reason") else ""
+                where = f"change {e.get('id')}" if in_fleet else f"gen {e.get('generation')}"
                 click.echo(
                     f"{e.get('time')}  {e.get('user')}  {e.get('command')}  {e.get('from')} -> {e.get('to')}  "
-                    f"gen {e.get('generation')}  {e.get('result', '')}{reason}"
+                    f"{where}  {e.get('result', '')}{reason}"
                 )
+                if in_fleet and e.get("hosts"):
+                    click.echo("    " + ", ".join(f"{h}: {r}" for h, r in sorted(e["hosts"].items())))
 
     run(go)
 

@@ -6,6 +6,7 @@ import difflib
 import math
 import os
 import re
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,6 +184,37 @@ class HooksSettings:
 
 
 @dataclass(frozen=True)
+class FleetSettings:
+    """[fleet]: this host is one of several load balancers that move together through etcd."""
+
+    etcd: tuple[str, ...]
+    prefix: str
+    host: str
+    agent_ttl: int = 10
+    apply_timeout: float = 60.0
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    user: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+
+    def password(self) -> str | None:
+        """etcd's password, from its file or environment variable; never printed."""
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(f"fleet.password_env: ${self.password_env} is not set")
+            return value
+        if self.password_file:
+            try:
+                return self.password_file.read_text(encoding="utf-8").strip()
+            except OSError as e:
+                raise ConfigError(f"fleet.password_file: cannot read {self.password_file}: {e.strerror}") from None
+        return None
+
+
+@dataclass(frozen=True)
 class PlanSettings:
     """Soak times and manual checks per stage (hundredths), as the rollout plan sets them."""
 
@@ -215,6 +247,14 @@ class Settings:
     health_error: ConfigError | None = field(default=None, compare=False)
     plan: "PlanSettings" = field(default_factory=lambda: PlanSettings())
     hooks: "HooksSettings" = field(default_factory=lambda: HooksSettings())
+    fleet: FleetSettings | None = None
+    fleet_error: ConfigError | None = field(default=None, compare=False)
+
+    def require_fleet(self) -> FleetSettings | None:
+        """The [fleet] settings (None: a single host), or the error in them."""
+        if self.fleet_error is not None:
+            raise self.fleet_error
+        return self.fleet
 
     def require_health(self) -> HealthSettings | None:
         """The [health] settings (None when there is no such section), or the error in them."""
@@ -266,6 +306,9 @@ SCHEMA: dict[str, object] = {
     "hooks": {"pre_promote": list, "post_apply": list, "post_revert": list, "on_alert": list,
               "timeout": (int, float)},
     "plan": {"soak": dict, "checks": dict, "enforce_soak": bool, "auto_promote": bool},
+    "fleet": {"etcd": list, "prefix": str, "host": str, "agent_ttl": int, "apply_timeout": (int, float),
+              "ca_file": str, "cert_file": str, "key_file": str, "user": str, "password_file": str,
+              "password_env": str},
     "nginx": {
         "binary": str,
         "conf": str,
@@ -485,8 +528,18 @@ def load(path: Path, for_revert: bool = False) -> Settings:
     plan = PlanSettings()
     if "plan" in data and "plan" not in broken:
         plan = _defer(other_errors, "plan", lambda: _plan(data["plan"]), for_revert, PlanSettings())
+    fleet, fleet_error = None, None
+    if "fleet" in data:
+        try:
+            if "fleet" in broken:
+                raise broken["fleet"][0]
+            fleet = _fleet(base, data["fleet"])
+        except ConfigError as e:
+            fleet_error = e
     warnings = tuple(dict.fromkeys(str(e) for e in split_errors + health_errors + other_errors))
     return Settings(
+        fleet=fleet,
+        fleet_error=fleet_error,
         path=path,
         stages=stages,
         health=health,
@@ -544,6 +597,41 @@ def _choice(value: str, allowed, field_name: str, meaning: str = ""):
     except ValueError:
         words = " or ".join(f'"{w}"' for w in allowed)
         raise ConfigError(f"{field_name}: {value!r} is not allowed; use {words} {meaning}".rstrip()) from None
+
+
+PREFIX_RE = re.compile(r"/[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
+
+
+def _fleet(base: Path, table: dict) -> FleetSettings:
+    if "etcd" not in table or "prefix" not in table:
+        raise ConfigError("fleet: needs etcd (a list of etcd v3 endpoints) and prefix, e.g. "
+                          'etcd = ["http://10.0.0.5:2379"], prefix = "/lbsplit/checkout"')
+    endpoints = table["etcd"]
+    if not endpoints or not all(isinstance(e, str) for e in endpoints):
+        raise ConfigError('fleet.etcd: expected a non-empty list of URLs, e.g. ["http://10.0.0.5:2379"]')
+    endpoints = tuple(_http_url(e, "fleet.etcd") for e in endpoints)
+    prefix = table["prefix"]
+    if not PREFIX_RE.fullmatch(prefix):
+        raise ConfigError(f"fleet.prefix: {prefix!r} must look like /lbsplit/checkout (slash-separated words, "
+                          "no trailing slash)")
+    host = table.get("host") or socket.gethostname()
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", host):
+        raise ConfigError(f"fleet.host: {host!r} must be letters, digits, '.', '_' or '-' (at most 100)")
+    ttl = table.get("agent_ttl", 10)
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 2 <= ttl <= 3600:
+        raise ConfigError(f"fleet.agent_ttl: {ttl!r} is out of range; give whole seconds from 2 to 3600")
+    apply_timeout = _seconds(table.get("apply_timeout", 60), "fleet.apply_timeout", 0, 3600)
+    if table.get("password_file") and table.get("password_env"):
+        raise ConfigError("fleet.password_file: give the password in a file or in an environment variable, not both")
+    if (table.get("password_file") or table.get("password_env")) and not table.get("user"):
+        raise ConfigError("fleet.user: a password needs the etcd user it belongs to")
+    if bool(table.get("cert_file")) != bool(table.get("key_file")):
+        raise ConfigError("fleet.cert_file: a client certificate needs both cert_file and key_file")
+    return FleetSettings(
+        etcd=endpoints, prefix=prefix, host=host, agent_ttl=ttl, apply_timeout=apply_timeout,
+        ca_file=_path(base, table.get("ca_file")), cert_file=_path(base, table.get("cert_file")),
+        key_file=_path(base, table.get("key_file")), user=table.get("user"),
+        password_file=_path(base, table.get("password_file")), password_env=table.get("password_env"))
 
 
 def _http_url(value: str, field_name: str) -> str:

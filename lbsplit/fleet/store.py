@@ -48,12 +48,22 @@ def _prefix_end(prefix: str) -> str:
 class Etcd:
     """A client for one etcd cluster, given its client URLs."""
 
-    def __init__(self, endpoints: tuple[str, ...], timeout: float = 5.0, session=None):
+    def __init__(self, endpoints: tuple[str, ...], timeout: float = 5.0, session=None, ca_file=None,
+                 cert: tuple | None = None, user: str | None = None, password: str | None = None):
         if not endpoints:
             raise ValueError("at least one etcd endpoint")
         self.endpoints = tuple(e.rstrip("/") for e in endpoints)
         self.timeout = timeout
         self._session = session
+        self._tls = {"verify": str(ca_file) if ca_file else True, "cert": tuple(map(str, cert)) if cert else None}
+        self._credentials = (user, password) if user else None
+
+    @classmethod
+    def for_fleet(cls, fleet, timeout: float = 5.0) -> "Etcd":
+        """The client a [fleet] section describes (TLS files, user and password)."""
+        cert = (fleet.cert_file, fleet.key_file) if fleet.cert_file else None
+        return cls(fleet.etcd, timeout=timeout, ca_file=fleet.ca_file, cert=cert, user=fleet.user,
+                   password=fleet.password() if fleet.user else None)
 
     @property
     def session(self):
@@ -61,15 +71,23 @@ class Etcd:
             import requests  # only the fleet commands pay for it
 
             self._session = requests.Session()
+            self._session.verify = self._tls["verify"]
+            self._session.cert = self._tls["cert"]
+            if self._credentials:
+                # etcd v3 auth: a token from /v3/auth/authenticate, sent as the Authorization header.
+                user, password = self._credentials
+                answer = self._call("/v3/auth/authenticate", {"name": user, "password": password or ""})
+                self._session.headers["Authorization"] = str(answer.get("token", ""))
         return self._session
 
     def _call(self, path: str, body: dict) -> dict:
         import requests
 
         problems = []
+        session = self.session if path != "/v3/auth/authenticate" else self._session
         for endpoint in self.endpoints:
             try:
-                response = self.session.post(f"{endpoint}{path}", json=body, timeout=(self.timeout, self.timeout))
+                response = session.post(f"{endpoint}{path}", json=body, timeout=(self.timeout, self.timeout))
             except requests.RequestException as e:
                 problems.append(f"{redact(endpoint)}: {type(e).__name__}")
                 continue
@@ -107,7 +125,7 @@ class Etcd:
     def delete(self, key: str) -> None:
         self._call("/v3/kv/deleterange", {"key": _b64(key)})
 
-    def swap(self, key: str, value: str, mod_revision: int) -> bool:
+    def swap(self, key: str, value: str, mod_revision: int, lease: int = 0) -> bool:
         """Set `key` only if it is unchanged since `mod_revision` (0: only if it does not exist yet).
 
         The compare-and-swap two racing operators meet: exactly one of them wins.
@@ -116,8 +134,10 @@ class Etcd:
             compare = {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
         else:
             compare = {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}
-        answer = self._call("/v3/kv/txn", {"compare": [compare],
-                                           "success": [{"request_put": {"key": _b64(key), "value": _b64(value)}}]})
+        put = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            put["lease"] = str(lease)
+        answer = self._call("/v3/kv/txn", {"compare": [compare], "success": [{"request_put": put}]})
         return bool(answer.get("succeeded", False))
 
     def grant(self, ttl: int) -> int:

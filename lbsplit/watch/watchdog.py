@@ -15,6 +15,7 @@ from ..errors import ExitCode, GateRefused, LbsplitError
 from ..model import Level, Outcome
 from ..rollout import files
 from ..rollout.state import StateStore
+from ..rollout.transaction import Outcome as Change
 from ..rollout.transaction import Transaction
 from . import endpoint, gate, hooks, judge, notify, sources
 from .memory import WatchdogState, active_alerts, load_state, prometheus_text, save_state
@@ -44,8 +45,10 @@ class Watchdog:
     """One watchdog run."""
 
     def __init__(self, settings: Settings, health: HealthSettings, probe=endpoint.probe, clock=time.time,
-                 sleep=time.sleep, notify=endpoint.post_json, echo=print, monotonic=None, chatty: bool = False):
+                 sleep=time.sleep, notify=endpoint.post_json, echo=print, monotonic=None, chatty: bool = False,
+                 act=None):
         self.settings = settings
+        self.act = act  # fleet mode: (target, reason) -> (change id, messages), a fleet-wide change
         self.health = health
         self.probe = probe
         self.clock = clock  # wall time: timestamps in logs and state
@@ -243,8 +246,13 @@ class Watchdog:
                   + check.summary())
         try:
             command = "watchdog revert" if not target.v2_enabled else f"watchdog step back to {target.percent}"
-            txn = Transaction(self.settings, command, reason, metrics=dict(check.metrics))
-            outcome = txn.run(target, tolerate_repair_failure=True, lock_held=lock)
+            if self.act is not None:
+                lock.release()  # this host's agent takes the lock to apply the fleet's change here too
+                change_id, lines = self.act(target, reason)
+                outcome = Change(change_id, target, changed=True, reloaded=False, messages=lines)
+            else:
+                txn = Transaction(self.settings, command, reason, metrics=dict(check.metrics))
+                outcome = txn.run(target, tolerate_repair_failure=True, lock_held=lock)
         except LbsplitError as e:
             message = f"lbsplit watchdog: REVERT FAILED at {stage.describe()}: {e}"
             self._log(message)

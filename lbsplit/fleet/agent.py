@@ -1,0 +1,230 @@
+"""`lbsplit agent`: one per load balancer. Follows the fleet's desired state with the local transaction.
+
+It registers the host under a lease, polls `<prefix>/desired`, validates proposals (the same
+checks as a local apply, plus `nginx -t` of the new lbsplit.conf in a private config), applies
+committed changes through the local transaction (validate, nginx -t, reload, verify served), and
+reports what the host serves. When etcd is unreachable it keeps serving what it last applied and
+changes nothing; a host reverted with `lbsplit revert --local` ignores the fleet until
+`lbsplit rejoin`.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from ..config import Settings, load
+from ..errors import ConfigError, LbsplitError
+from ..model import Runtime, Stage
+from ..nginx.process import Nginx
+from ..rollout import files
+from ..rollout.planning import plan
+from ..rollout.state import StateStore
+from ..rollout.transaction import actor, lua_modules, now
+from ..watch import gate
+from . import protocol
+from .protocol import COMMITTED, PROPOSED, Desired, Report
+from .store import Etcd, StoreUnavailable
+
+POLL = 0.1  # seconds between two looks at the desired state
+OVERRIDE_FILE = "fleet-override.json"  # in state_dir: `revert --local` was run here
+
+
+def override_path(settings: Settings) -> Path:
+    return settings.state_dir / OVERRIDE_FILE
+
+
+def read_override(settings: Settings) -> str | None:
+    """Who reverted this host locally, and when; None when the host follows the fleet."""
+    raw = files.read_bytes(override_path(settings))
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+        return f"reverted locally by {data['by']} at {data['at']}"
+    except (ValueError, KeyError, TypeError):
+        return "reverted locally (the override file is unreadable)"
+
+
+def set_override(settings: Settings, reason: str) -> None:
+    StateStore(settings.state_dir).ensure()
+    files.atomic_write(override_path(settings), json.dumps({"by": actor(), "at": now(), "reason": reason}) + "\n")
+
+
+def clear_override(settings: Settings) -> bool:
+    existed = override_path(settings).exists()
+    files.remove(override_path(settings))
+    return existed
+
+
+def digest(settings: Settings) -> str:
+    """split_digest of this host's config; "invalid: ..." when the config cannot be split at all."""
+    try:
+        inputs = plan(settings, Stage.at(0)).inputs
+    except LbsplitError as e:
+        return f"invalid: {e}"[:200]
+    name = inputs.include_file.name if inputs.include_file else ",".join(inputs.whitelist)
+    return protocol.split_digest(str(inputs.mode), inputs.key, inputs.fallback_key, name)
+
+
+def local_report(settings: Settings, base: Report) -> Report:
+    """What this host serves now, from its state and its status page."""
+    state = StateStore(settings.state_dir).read_state_or_none()
+    answer = Nginx(settings.nginx).serving()
+    stage = state.stage if state else Stage.off()
+    served = bool(state and answer and answer.get("generation") == state.generation)
+    return replace(base, seen=time.time(), stage=protocol.stage_json(stage),
+                   generation=state.generation if state else None, served=served,
+                   override=read_override(settings))
+
+
+class Agent:
+    def __init__(self, config_path: Path, log=print, clock=time.time):
+        self.config_path = config_path
+        self.settings = load(config_path)
+        self.config_mtime = config_path.stat().st_mtime_ns
+        self.fleet = self.settings.require_fleet()
+        if self.fleet is None:
+            raise ConfigError("agent: the config has no [fleet] section; add one (etcd, prefix) to run the agent")
+        self.store = Etcd.for_fleet(self.fleet, timeout=2.0)
+        self.log = log
+        self.clock = clock
+        self.lease = 0
+        self.last_keepalive = 0.0
+        self.published_at = 0.0
+        self.report = Report(host=self.fleet.host, seen=clock())
+        self.etcd_down_since: float | None = None
+        self.stop = threading.Event()
+
+    # ---- etcd housekeeping
+    def _register(self) -> None:
+        now_ = time.monotonic()
+        if self.lease and now_ - self.last_keepalive < self.fleet.agent_ttl / 3:
+            return
+        if self.lease and self.store.keepalive(self.lease) > 0:
+            self.last_keepalive = now_
+            return
+        self.lease = self.store.grant(self.fleet.agent_ttl)
+        self.store.put(protocol.alive_key(self.fleet.prefix, self.fleet.host), self.fleet.host, lease=self.lease)
+        self.last_keepalive = now_
+        self.log(f"registered {self.fleet.host} under lease {self.lease:x} (ttl {self.fleet.agent_ttl}s)")
+
+    def _publish(self, report: Report) -> None:
+        """Write the report when it changed, else as a heartbeat every agent_ttl/3 seconds."""
+        changed = replace(self.report, seen=0) != replace(report, seen=0)
+        self.report = report
+        if changed or time.monotonic() - self.published_at > self.fleet.agent_ttl / 3:
+            self.published_at = 0.0  # a failed write is tried again at the next step
+            self.store.put(protocol.host_key(self.fleet.prefix, self.fleet.host), report.dumps())
+            self.published_at = time.monotonic()
+
+    # ---- one step
+    def step(self) -> None:
+        try:
+            self._register()
+            entry = self.store.get(protocol.desired_key(self.fleet.prefix))
+        except StoreUnavailable as e:
+            if self.etcd_down_since is None:
+                self.etcd_down_since = time.monotonic()
+                self.log(f"etcd unreachable ({e}); keeping what this host serves and changing nothing")
+            self.lease = 0 if time.monotonic() - self.etcd_down_since > self.fleet.agent_ttl else self.lease
+            return
+        if self.etcd_down_since is not None:
+            self.log("etcd answers again")
+            self.etcd_down_since = None
+        self._reload_settings_if_changed()
+        desired = Desired.loads(entry.value) if entry else None
+        if read_override(self.settings) is not None:
+            self.report = replace(self.report, applied_id=0)  # after `rejoin`, apply the desired state again
+        elif desired is not None:
+            if desired.phase == PROPOSED and self.report.ready_id != desired.id and self.report.error_id != desired.id:
+                self._validate(desired)
+            elif desired.phase == COMMITTED and self.report.error_id != desired.id and (
+                    self.report.applied_id != desired.id or self._local_stage() != desired.target):
+                self._apply(desired)
+        self._publish(local_report(self.settings, replace(self.report, digest=digest(self.settings))))
+
+    def _local_stage(self) -> Stage | None:
+        state = StateStore(self.settings.state_dir).read_state_or_none()
+        return state.stage if state else None
+
+    def _reload_settings_if_changed(self) -> None:
+        try:
+            mtime = self.config_path.stat().st_mtime_ns
+        except OSError:
+            return
+        if mtime != self.config_mtime:
+            self.config_mtime = mtime
+            self._reload_settings()
+
+    def _reload_settings(self) -> None:
+        """Each host's lbsplit.toml may change between fleet changes: read it again for each one."""
+        try:
+            self.settings = load(self.config_path)
+        except LbsplitError as e:
+            self.log(f"keeping the previous config: {e}")
+
+    def _validate(self, desired: Desired) -> None:
+        self._reload_settings()
+        stage = desired.target
+        try:
+            prepared = plan(self.settings, stage)
+            text = prepared.checked_text(0)
+            include = prepared.inputs.include
+            if include is None or Path(include).is_file():  # a new whitelist's map file is written at commit
+                lua = self.settings.nginx.runtime == Runtime.LUA
+                problem = Nginx(self.settings.nginx).test_snippet(text, lua_modules() if lua else ())
+                if problem:
+                    raise LbsplitError(f"nginx -t rejects the new lbsplit.conf: {problem}")
+        except LbsplitError as e:
+            self.log(f"proposal {desired.id} ({stage.describe()}) refused: {e}")
+            self._publish(replace(self.report, error_id=desired.id, error=f"{type(e).__name__}: {e}"[:500],
+                                  seen=self.clock()))
+            return
+        self.log(f"proposal {desired.id} ({stage.describe()}) ready")
+        self._publish(replace(self.report, ready_id=desired.id, error=None, seen=self.clock()))
+
+    def _apply(self, desired: Desired) -> None:
+        self._reload_settings()
+        stage = desired.target
+        reason = f"fleet change {desired.id} by {desired.by}" + (f": {desired.reason}" if desired.reason else "")
+        try:
+            if stage.v2_enabled:
+                outcome = gate.apply(self.settings, stage, reason, force=desired.force, strict=desired.strict,
+                                     command=f"fleet {desired.command or 'apply'}")
+            else:
+                outcome = gate.revert(self.settings, reason)
+        except LbsplitError as e:
+            self.log(f"change {desired.id} ({stage.describe()}) failed: {e}")
+            self._publish(replace(local_report(self.settings, self.report), error_id=desired.id,
+                                  error=f"{type(e).__name__}: {e}"[:500], digest=digest(self.settings)))
+            return
+        self.log(f"change {desired.id}: {'; '.join(outcome.messages[-1:])}")
+        self._publish(replace(local_report(self.settings, self.report), applied_id=desired.id, error=None,
+                              digest=digest(self.settings)))
+
+    def run(self) -> int:
+        def stop(signum, _frame):
+            self.stop.set()
+
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, stop)
+        self.log(f"agent for {self.fleet.host} following {self.fleet.prefix} on {len(self.fleet.etcd)} etcd endpoint(s)")
+        while not self.stop.is_set():
+            try:
+                self.step()
+            except LbsplitError as e:
+                self.log(f"step failed: {e}")
+            self.stop.wait(POLL)
+        try:
+            if self.lease:
+                self.store.revoke(self.lease)  # drop out of the fleet at once, not after agent_ttl
+        except StoreUnavailable:
+            pass
+        self.log("agent stopped")
+        return 0
+

@@ -1,0 +1,310 @@
+"""Fleet mode against a real single-node etcd and three real nginx load balancers on loopback.
+
+Each load balancer is a sandbox (its own nginx, backends, lbsplit.toml and state_dir) with its
+own `lbsplit agent` process. The fleet commands run as the real command line from one host's
+config; traffic goes through every load balancer's nginx.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, run_cli
+from lbsplit.demo.sandbox import Sandbox, free_port, pipelined_variants
+from lbsplit.fleet.store import Etcd, StoreUnavailable
+
+IDS = [f"user-{i}" for i in range(2000)] + ["test_user_001"]
+TTL = 3
+
+
+class EtcdServer:
+    """A throwaway etcd on loopback that can be stopped and started again on the same data and ports."""
+
+    def __init__(self, root):
+        self.binary = shutil.which("etcd")
+        if self.binary is None:
+            pytest.fail("etcd is not installed; `make test` installs Debian's etcd-server")
+        self.data = root / "etcd"
+        self.client, self.peer = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.client}"
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [self.binary, "--data-dir", str(self.data), "--name", "default",
+             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+             "--listen-peer-urls", f"http://127.0.0.1:{self.peer}",
+             "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer}",
+             "--initial-cluster", f"default=http://127.0.0.1:{self.peer}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        store = Etcd((self.url,), timeout=2)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                store.put("/ready", "1")
+                return
+            except StoreUnavailable:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    pytest.fail("etcd did not start on loopback within 20 s")
+                time.sleep(0.1)
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory):
+    server = EtcdServer(tmp_path_factory.mktemp("etcd"))
+    server.start()
+    yield server
+    server.stop()
+
+
+class Fleet:
+    def __init__(self, root, etcd: EtcdServer, nginx_bin: str, prefix: str, size: int = 3):
+        self.etcd, self.prefix = etcd, prefix
+        self.boxes = [Sandbox(root / f"lb-{i}", binary=nginx_bin, nginx_dir=REPO / "nginx") for i in range(size)]
+        self.agents: dict[int, subprocess.Popen] = {}
+        for i, sb in enumerate(self.boxes):
+            self.configure(i)
+            assert run_cli(sb.config_path, "init").returncode == 0
+            sb.start()
+
+    def configure(self, i: int, extra: str = "", nginx_extra: str = "", health: str = "") -> None:
+        sb = self.boxes[i]
+        sb.write_config(whitelist=["test_user_001"], extra=extra)
+        text = sb.config_path.read_text()
+        if nginx_extra:
+            text = text.replace("verify_timeout = 20\n", f"verify_timeout = 20\n{nginx_extra}\n")
+        text += (f'\n[fleet]\netcd = ["{self.etcd.url}"]\nprefix = "{self.prefix}"\nhost = "lb-{i}"\n'
+                 f"agent_ttl = {TTL}\napply_timeout = 20\n{health}")
+        sb.config_path.write_text(text)
+
+    def start_agent(self, i: int) -> None:
+        log = open(self.boxes[i].root / "agent.log", "a")
+        self.agents[i] = subprocess.Popen([sys.executable, "-m", "lbsplit", "--config", str(self.boxes[i].config_path),
+                                           "agent"], stdout=log, stderr=log)
+        self.wait(lambda: self.host(i) is not None and self.host(i)["alive"], f"agent lb-{i} registered")
+
+    def kill_agent(self, i: int, sig=signal.SIGKILL) -> None:
+        proc = self.agents.pop(i)
+        proc.send_signal(sig)
+        proc.wait(timeout=10)
+
+    def cli(self, i: int, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return run_cli(self.boxes[i].config_path, *args, timeout=timeout)
+
+    def status(self) -> dict:
+        return json.loads(self.cli(0, "status", "--json").stdout)
+
+    def host(self, i: int) -> dict | None:
+        return next((h for h in self.status()["hosts"] if h["host"] == f"lb-{i}"), None)
+
+    def wait(self, condition, what: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for: {what}")
+            time.sleep(0.1)
+
+    def served(self, i: int) -> dict:
+        """What lb-i's nginx says it serves (its status page), with no etcd involved."""
+        return json.loads(self.cli(i, "status", "--local", "--json").stdout)["serving_answer"]
+
+    def variants(self, i: int) -> list[str]:
+        return pipelined_variants(self.boxes[i].port, IDS)
+
+    def stop(self) -> None:
+        for i in list(self.agents):
+            self.kill_agent(i, signal.SIGTERM)
+        for sb in self.boxes:
+            sb.stop()
+
+
+@pytest.fixture
+def fleet(tmp_path, etcd, nginx_bin, request):
+    f = Fleet(tmp_path, etcd, nginx_bin, f"/lbsplit/{request.node.name.replace('[', '-').replace(']', '')[:60]}")
+    try:
+        for i in range(3):
+            f.start_agent(i)
+        yield f
+    finally:
+        f.stop()
+
+
+def percent_of(answer: dict):
+    return answer["percent"] if answer["v2"] else None
+
+
+def test_apply_10_30_100_moves_every_lb_in_lockstep_and_users_are_sticky_across_lbs(fleet):
+    for percent in ("10", "30", "100"):
+        result = fleet.cli(0, "apply", percent)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"served by 3 of 3 live hosts" in result.stdout
+        answers = [fleet.served(i) for i in range(3)]
+        assert [percent_of(a) for a in answers] == [int(percent)] * 3
+        seen = [fleet.variants(i) for i in range(3)]
+        assert seen[0] == seen[1] == seen[2], "a user gets another version on another load balancer"
+        share = seen[0].count("v2") / len(IDS)
+        assert abs(share - int(percent) / 100) < 0.04
+    status = fleet.cli(1, "status")
+    assert status.returncode == 0 and status.stdout.count(" yes ") >= 3, status.stdout
+    history = fleet.cli(2, "history")
+    assert [line.split("  ")[2] for line in history.stdout.splitlines() if not line.startswith("    ")] == \
+        ["apply 10", "apply 30", "apply 100"]
+    assert "lb-0: served, lb-1: served, lb-2: served" in history.stdout
+
+
+def test_a_host_whose_reload_fails_sends_the_whole_fleet_back(fleet):
+    assert fleet.cli(0, "apply", "10").returncode == 0
+    before = [fleet.variants(i) for i in range(3)]
+    fleet.configure(2, nginx_extra='reload_command = ["/bin/false"]')  # lb-2 only: its reload fails
+    result = fleet.cli(0, "apply", "30")
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "failed on lb-2" in result.stderr and "back at the previous stage" in result.stderr
+    assert [percent_of(fleet.served(i)) for i in range(3)] == [10, 10, 10]
+    assert [fleet.variants(i) for i in range(3)] == before
+    assert fleet.cli(0, "status").returncode == 0
+    assert "failed, rolled back" in fleet.cli(0, "history").stdout
+
+
+def test_hosts_that_split_users_differently_are_refused_before_anything_changes(fleet):
+    fleet.configure(1, extra='whitelist_file = "other.txt"\n')
+    (fleet.boxes[1].root / "other.txt").write_text("someone_else\n")
+    fleet.wait(lambda: len({h["digest"] for h in fleet.status()["hosts"]}) == 2, "lb-1 reports its other digest")
+    result = fleet.cli(0, "apply", "10")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "do not split users alike" in result.stderr and "lb-1" in result.stderr
+    assert [fleet.served(i)["v2"] for i in range(3)] == [False] * 3
+
+
+def test_a_dead_agent_is_shown_and_converges_when_it_comes_back(fleet):
+    fleet.kill_agent(2)
+    result = fleet.cli(0, "apply", "10")
+    assert result.returncode == 0, result.stderr
+    assert "served by 2 of" in result.stdout or "served by 3 of" not in result.stdout
+    assert [percent_of(fleet.served(i)) for i in range(2)] == [10, 10]
+    assert fleet.served(2)["v2"] is False
+    status = fleet.cli(0, "status")
+    assert "lb-2" in status.stdout and "lease expired" in status.stdout, status.stdout
+    started = time.monotonic()
+    fleet.start_agent(2)
+    fleet.wait(lambda: fleet.served(2)["v2"] is True, "lb-2 converges to 10%", timeout=15)
+    assert time.monotonic() - started < 15
+    assert fleet.variants(2) == fleet.variants(0)
+    assert fleet.cli(0, "status").returncode == 0
+
+
+def test_two_operators_racing_exactly_one_wins(fleet):
+    assert fleet.cli(0, "apply", "10").returncode == 0
+    argv = lambda i, p: [sys.executable, "-m", "lbsplit", "--config", str(fleet.boxes[i].config_path), "apply", p]  # noqa: E731
+    a = subprocess.Popen(argv(0, "30"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    b = subprocess.Popen(argv(1, "50"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in (a, b)]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 5], results
+    winner = 30 if results[0][0] == 0 else 50
+    assert [percent_of(fleet.served(i)) for i in range(3)] == [winner] * 3
+    assert fleet.cli(2, "status").returncode == 0
+
+
+def test_etcd_down_agents_keep_serving_local_revert_works_and_nobody_widens_after(fleet, etcd):
+    assert fleet.cli(0, "apply", "30").returncode == 0
+    before = fleet.variants(0)
+    etcd.stop()
+    try:
+        time.sleep(0.5)
+        assert [percent_of(fleet.served(i)) for i in range(3)] == [30, 30, 30]
+        assert fleet.variants(2) == before
+        refused = fleet.cli(0, "revert")
+        assert refused.returncode == 6 and "revert --local" in refused.stderr
+        local = fleet.cli(1, "revert", "--local", "--reason", "etcd down, v2 misbehaves on lb-1")
+        assert local.returncode == 0, local.stderr
+        assert "locally overridden" in local.stdout
+        assert fleet.served(1)["v2"] is False and set(fleet.variants(1)) == {"v1"}
+    finally:
+        etcd.start()
+    time.sleep(2 * TTL)  # the agents see etcd again
+    assert fleet.served(1)["v2"] is False, "lb-1 widened again by itself"
+    assert [percent_of(fleet.served(i)) for i in (0, 2)] == [30, 30]
+    status = fleet.cli(0, "status")
+    assert status.returncode == 9 and "reverted locally" in status.stdout, status.stdout
+    rejoined = fleet.cli(1, "rejoin")
+    assert rejoined.returncode == 0 and "cleared" in rejoined.stdout
+    fleet.wait(lambda: percent_of(fleet.served(1)) == 30, "lb-1 follows the fleet again")
+    assert fleet.cli(0, "status").returncode == 0
+
+
+def test_fleet_revert_is_one_write_that_every_host_applies(fleet):
+    assert fleet.cli(0, "apply", "30").returncode == 0
+    started = time.monotonic()
+    result = fleet.cli(2, "revert", "--reason", "drill")
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert [fleet.served(i)["v2"] for i in range(3)] == [False] * 3
+    assert took < 10  # generous: the benchmark measures it
+    entries = [json.loads(line) for line in fleet.cli(0, "history", "--json").stdout.splitlines()]
+    assert entries[-1]["command"] == "revert" and entries[-1]["reason"] == "drill"
+    assert set(entries[-1]["hosts"].values()) == {"served"}
+
+
+HEALTH = "\n[health]\nurl = \"{url}\"\ntimeout = 1\nfailures_before_revert = 1\n" \
+         "[[health.thresholds]]\nup_to_percent = 100\ncheck_every = 1\n"
+
+
+def test_watchdogs_on_every_host_revert_the_fleet_once(fleet, endpoint):
+    for i in range(3):
+        fleet.configure(i, health=HEALTH.format(url=endpoint.url))
+    assert fleet.cli(0, "apply", "10").returncode == 0
+    endpoint.mode = "breach:error_rate=0.5"
+    procs = [subprocess.Popen([sys.executable, "-m", "lbsplit", "--config", str(sb.config_path), "watchdog", "--once"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for sb in fleet.boxes]
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 0, 10], results
+    assert sum("leads the fleet's watchdog" in err for _, err in results) == 2
+    assert [fleet.served(i)["v2"] for i in range(3)] == [False] * 3
+    entries = [json.loads(line) for line in fleet.cli(0, "history", "--json").stdout.splitlines()]
+    assert [e["command"] for e in entries].count("revert") == 1
+
+
+def test_killing_the_leading_watchdog_hands_over_to_another(fleet, endpoint):
+    for i in range(3):
+        fleet.configure(i, health=HEALTH.format(url=endpoint.url))
+    assert fleet.cli(0, "apply", "10").returncode == 0
+    endpoint.mode = "healthy"
+    procs = {i: subprocess.Popen([sys.executable, "-m", "lbsplit", "--config", str(sb.config_path), "watchdog", "--loop"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for i, sb in enumerate(fleet.boxes)}
+    store = Etcd((fleet.etcd.url,), timeout=2)
+    try:
+        fleet.wait(lambda: store.get(f"{fleet.prefix}/watchdog") is not None, "a watchdog leads")
+        leader = int(store.get(f"{fleet.prefix}/watchdog").value.split("-")[1])
+        procs[leader].kill()
+        procs[leader].wait(timeout=10)
+        fleet.wait(lambda: (e := store.get(f"{fleet.prefix}/watchdog")) is not None and e.value != f"lb-{leader}",
+                   "another watchdog takes over", timeout=3 * TTL + 5)
+        endpoint.mode = "breach:error_rate=0.5"
+        fleet.wait(lambda: all(not fleet.served(i)["v2"] for i in range(3)), "the new leader reverts the fleet",
+                   timeout=20)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+                p.wait(timeout=10)
+    entries = [json.loads(line) for line in fleet.cli(0, "history", "--json").stdout.splitlines()]
+    assert [e["command"] for e in entries].count("revert") == 1
