@@ -20,6 +20,7 @@ from .watch.logsource import parse_duration
 from .watch.watchdog import Watchdog
 from .fleet import agent as fleet_agent
 from .fleet import commands as fleet
+from .fleet.store import StoreUnavailable
 
 PERCENT_ARG = {"ignore_unknown_options": True}  # so that "-5" reaches our own validation
 
@@ -246,8 +247,8 @@ def revert(obj: Context, reason: str, local: bool) -> None:
             return
         try:
             lines = fleet.revert(settings, reason)
-        except fleet.StoreUnavailable as e:
-            raise fleet.StoreUnavailable(f"{e}. Break-glass without etcd: `lbsplit revert --local` on each host") from None
+        except StoreUnavailable as e:
+            raise StoreUnavailable(f"{e}. Break-glass without etcd: `lbsplit revert --local` on each host") from None
         for line in lines:
             click.echo(line)
 

@@ -6,7 +6,6 @@ config; traffic goes through every load balancer's nginx.
 """
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -16,66 +15,25 @@ import time
 import pytest
 
 from conftest import REPO, run_cli
-from lbsplit.demo.sandbox import Sandbox, free_port, pipelined_variants
-from lbsplit.fleet.store import Etcd, StoreUnavailable
+from lbsplit.demo.sandbox import EtcdProcess, Sandbox, fleet_section, pipelined_variants
+from lbsplit.fleet.store import Etcd
 
 IDS = [f"user-{i}" for i in range(2000)] + ["test_user_001"]
 TTL = 3
 
 
-class EtcdServer:
-    """A throwaway etcd on loopback that can be stopped and started again on the same data and ports."""
-
-    def __init__(self, root):
-        self.binary = shutil.which("etcd")
-        if self.binary is None:
-            pytest.fail("etcd is not installed; `make test` installs Debian's etcd-server")
-        self.data = root / "etcd"
-        self.client, self.peer = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.client}"
-        self.proc = None
-
-    def start(self):
-        self.proc = subprocess.Popen(
-            [self.binary, "--data-dir", str(self.data), "--name", "default",
-             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-             "--listen-peer-urls", f"http://127.0.0.1:{self.peer}",
-             "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer}",
-             "--initial-cluster", f"default=http://127.0.0.1:{self.peer}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        store = Etcd((self.url,), timeout=2)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                store.put("/ready", "1")
-                return
-            except StoreUnavailable:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.stop()
-                    pytest.fail("etcd did not start on loopback within 20 s")
-                time.sleep(0.1)
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory):
-    server = EtcdServer(tmp_path_factory.mktemp("etcd"))
+    if shutil.which("etcd") is None:
+        pytest.fail("etcd is not installed; `make test` installs Debian's etcd-server")
+    server = EtcdProcess(tmp_path_factory.mktemp("etcd"))
     server.start()
     yield server
     server.stop()
 
 
 class Fleet:
-    def __init__(self, root, etcd: EtcdServer, nginx_bin: str, prefix: str, size: int = 3):
+    def __init__(self, root, etcd: EtcdProcess, nginx_bin: str, prefix: str, size: int = 3):
         self.etcd, self.prefix = etcd, prefix
         self.boxes = [Sandbox(root / f"lb-{i}", binary=nginx_bin, nginx_dir=REPO / "nginx") for i in range(size)]
         self.agents: dict[int, subprocess.Popen] = {}
@@ -90,8 +48,7 @@ class Fleet:
         text = sb.config_path.read_text()
         if nginx_extra:
             text = text.replace("verify_timeout = 20\n", f"verify_timeout = 20\n{nginx_extra}\n")
-        text += (f'\n[fleet]\netcd = ["{self.etcd.url}"]\nprefix = "{self.prefix}"\nhost = "lb-{i}"\n'
-                 f"agent_ttl = {TTL}\napply_timeout = 20\n{health}")
+        text += fleet_section(self.etcd.url, self.prefix, f"lb-{i}", ttl=TTL) + health
         sb.config_path.write_text(text)
 
     def start_agent(self, i: int) -> None:
@@ -154,7 +111,7 @@ def test_apply_10_30_100_moves_every_lb_in_lockstep_and_users_are_sticky_across_
     for percent in ("10", "30", "100"):
         result = fleet.cli(0, "apply", percent)
         assert result.returncode == 0, result.stdout + result.stderr
-        assert f"served by 3 of 3 live hosts" in result.stdout
+        assert "served by 3 of 3 live hosts" in result.stdout
         answers = [fleet.served(i) for i in range(3)]
         assert [percent_of(a) for a in answers] == [int(percent)] * 3
         seen = [fleet.variants(i) for i in range(3)]

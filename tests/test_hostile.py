@@ -4,7 +4,6 @@ config that real nginx accepts and that routes as intended. Never an injected di
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from lbsplit.errors import StructureError
 from lbsplit.nginx.dialect import check_structure
 from lbsplit.config import NginxSettings
 from lbsplit.errors import ConfigError

@@ -14,7 +14,7 @@ def read_appended(path, cursor):
     cursor, notes = _read_appended(path, cursor, texts.append)
     return texts, cursor, notes
 from lbsplit.model import NoData, Outcome
-from lbsplit.watch.judge import LOG, Check, Reading, combine, decide, evaluate_log
+from lbsplit.watch.judge import LOG, Check, combine, decide, evaluate_log
 
 T10, T30, T100 = DEFAULT_THRESHOLDS
 NOW = 1_800_000_000.0

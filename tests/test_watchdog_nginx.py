@@ -9,7 +9,6 @@ from fakes import WebhookReceiver
 from lbsplit.config import load
 from lbsplit.rollout.files import Lock
 from lbsplit.errors import ExitCode
-from lbsplit.watch.memory import load_state
 from lbsplit.watch.watchdog import Watchdog
 
 EXIT_REVERTED = ExitCode.WATCHDOG_REVERTED

@@ -245,3 +245,51 @@ def _pipelined_one_connection(port: int, user_ids: list[str], header: str, batch
     finally:
         sock.close()
     return out
+
+
+class EtcdProcess:
+    """A throwaway single-node etcd on loopback (own data dir, free ports) that can stop and start again."""
+
+    def __init__(self, root: Path, binary: str | None = None):
+        self.binary = binary or shutil.which("etcd") or "etcd"
+        self.data = Path(root) / "etcd"
+        self.client, self.peer = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.client}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20) -> None:
+        from ..fleet.store import Etcd, StoreUnavailable
+
+        peer = f"http://127.0.0.1:{self.peer}"
+        self.proc = subprocess.Popen(
+            [self.binary, "--data-dir", str(self.data), "--name", "default", "--listen-client-urls", self.url,
+             "--advertise-client-urls", self.url, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", f"default={peer}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        store = Etcd((self.url,), timeout=2)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                store.put("/ready", "1")
+                return
+            except StoreUnavailable:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"etcd did not start on loopback within {timeout:g} s")
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def fleet_section(etcd_url: str, prefix: str, host: str, ttl: int = 3, apply_timeout: float = 20) -> str:
+    """The [fleet] table for one sandbox host."""
+    return (f'\n[fleet]\netcd = ["{etcd_url}"]\nprefix = "{prefix}"\nhost = "{host}"\n'
+            f"agent_ttl = {ttl}\napply_timeout = {apply_timeout:g}\n")

@@ -28,7 +28,7 @@ from ..model import Stage
 from ..rollout.transaction import actor, now
 from . import protocol
 from .protocol import COMMITTED, PROPOSED, Desired, Report
-from .store import Etcd, StoreUnavailable  # noqa: F401 (the CLI names it)
+from .store import Etcd
 
 WAIT_POLL = 0.02
 # A failed host's error names its class; the fleet command exits with that class's code.
