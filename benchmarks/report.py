@@ -76,6 +76,36 @@ def _lua_runtime(r: dict) -> list[str]:
     return out
 
 
+def _fleet(r: dict) -> list[str]:
+    f = r.get("fleet")
+    if not f:
+        return []
+    out = [
+        "## 8. Fleet mode",
+        "",
+        *_when(r, "fleet"),
+        "Method: a single-node etcd and n sandbox load balancers on loopback, each with its own nginx and",
+        "`lbsplit agent`. *fleet apply* is `lbsplit apply 10` from one host's config (off -> 10%: every host",
+        "reloads) until it returns, i.e. until every host reports serving the change; *fleet revert* likewise.",
+        "Next to it, in alternating rounds while the agents run, the same config on one host without",
+        "[fleet]. Medians.",
+        "",
+        "| hosts | fleet apply | single-host apply | ratio | fleet revert | single-host revert |",
+        "|---|---|---|---|---|---|",
+    ]
+    out += [f"| {row['hosts']} | {row['fleet_apply']:.3f} s | {row['single_apply']:.3f} s | {row['apply_ratio']:.2f}x | "
+            f"{row['fleet_revert']:.3f} s | {row['single_revert']:.3f} s |" for row in f["rows"]]
+    biggest = max(f["rows"], key=lambda row: row["hosts"])
+    out += [
+        "",
+        f"Goals: fleet revert of {biggest['hosts']} hosts under 1 s: {_verdict(biggest['fleet_revert'] < 1)} "
+        f"({biggest['fleet_revert']:.3f} s); fleet apply within 1.5x of a single host: "
+        f"{_verdict(biggest['apply_ratio'] <= 1.5)} ({biggest['apply_ratio']:.2f}x at {biggest['hosts']} hosts).",
+        "",
+    ]
+    return out
+
+
 def write_report(r: dict, path: Path) -> None:
     m = r["machine"]
     out = [
@@ -227,4 +257,5 @@ def write_report(r: dict, path: Path) -> None:
     if extra:
         out += extra.get("markdown", [])
     out += _lua_runtime(r)
+    out += _fleet(r)
     path.write_text("\n".join(out) + "\n")

@@ -441,6 +441,62 @@ def lua_runtime(root: Path, sizes: list[int], repeats: dict[int, int], changes: 
             sb.stop()
 
 
+# ---------------------------------------------------------------- 8. fleet mode
+def fleet_times(root: Path, sizes: list[int], repeats: int) -> None:
+    """Fleet apply and revert (command start to every host serving) for n load balancers, next to a
+    single-host apply and revert of the same config, measured alternately while the agents run."""
+    from lbsplit.demo.sandbox import EtcdProcess, fleet_section
+
+    etcd = EtcdProcess(root / "fleet-etcd")
+    etcd.start()
+    single = new_sandbox(root / "fleet-single")
+    rows = []
+    try:
+        for n in sizes:
+            prefix = f"/lbsplit/bench-{n}"
+            boxes, agents = [], []
+            try:
+                for i in range(n):
+                    sb = Sandbox(root / f"fleet-{n}" / f"lb-{i}")
+                    sb.write_config()
+                    sb.config_path.write_text(sb.config_path.read_text() + fleet_section(etcd.url, prefix, f"lb-{i}"))
+                    lbsplit(sb, "init")
+                    sb.start()
+                    boxes.append(sb)
+                for sb in boxes:
+                    log_file = open(sb.root / "agent.log", "w")
+                    agents.append(subprocess.Popen([sys.executable, "-m", "lbsplit", "--config", str(sb.config_path),
+                                                    "agent"], stdout=log_file, stderr=log_file, env=LBSPLIT_ENV))
+                time.sleep(2)  # every agent registered
+                times = {"fleet_apply": [], "fleet_revert": [], "single_apply": [], "single_revert": []}
+                for i in range(repeats):
+                    order = [("fleet", boxes[0]), ("single", single)]
+                    for kind, sb in order if i % 2 == 0 else reversed(order):
+                        for action in (("apply", "10"), ("revert",)):
+                            started = time.monotonic()
+                            out = lbsplit(sb, *action)
+                            took = time.monotonic() - started
+                            if kind == "fleet" and f"served by {n} of {n} live hosts" not in out.stdout:
+                                raise RuntimeError(f"fleet {action[0]} did not reach every host: {out.stdout}")
+                            times[f"{kind}_{action[0]}"].append(took)
+                            time.sleep(0.3)
+                row = {"hosts": n, "repeats": repeats, **{k: statistics.median(v) for k, v in times.items()}}
+                row["apply_ratio"] = row["fleet_apply"] / row["single_apply"]
+                rows.append(row)
+                log(f"fleet {n} hosts: apply {row['fleet_apply']:.3f}s (single {row['single_apply']:.3f}s, "
+                    f"{row['apply_ratio']:.2f}x), revert {row['fleet_revert']:.3f}s (single {row['single_revert']:.3f}s)")
+            finally:
+                for proc in agents:
+                    proc.terminate()
+                    proc.wait(timeout=20)
+                for sb in boxes:
+                    sb.stop()
+        RESULTS["fleet"] = {"rows": rows}
+    finally:
+        single.stop()
+        etcd.stop()
+
+
 # ---------------------------------------------------------------- 6. access-log reading
 def _write_log(path: Path, lines: int, now: float) -> None:
     with open(path, "w") as f:
@@ -539,6 +595,7 @@ def main() -> int:
         "memory": lambda root: memory(root, [0, 100_000] if q else [0, 100_000, 1_000_000]),
         "lua_runtime": lambda root: lua_runtime(root, [0, 100_000] if q else [0, 100_000, 1_000_000],
                                                 {0: 3 if q else 9, 100_000: 3 if q else 7, 1_000_000: 3}, 10 if q else 50),
+        "fleet": lambda root: fleet_times(root, [1, 3] if q else [1, 3, 10], 3 if q else 7),
         "log_parse": lambda root: log_parse(root / "logs", [200_000, 2_000_000] if not q else [100_000, 400_000],
                                             3 if not q else 1),
     }

@@ -99,3 +99,23 @@ def test_a_dead_endpoint_is_skipped_and_all_dead_is_one_clear_error(etcd):
         Etcd((dead,), timeout=1).get("/lbsplit/t4/k")
     message = str(caught.value)
     assert "127.0.0.1" in message and "secret" not in message and "fleet.etcd" in message
+
+
+def test_a_watch_yields_when_the_key_changes_and_stops_on_request(etcd):
+    stop = threading.Event()
+    seen = []
+
+    def follow():
+        for revision in etcd.watch("/lbsplit/t9/desired", stop):
+            seen.append(revision)
+            if len(seen) == 2:
+                stop.set()
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    time.sleep(0.5)  # the stream is open
+    etcd.put("/lbsplit/t9/other", "not watched")
+    first = etcd.put("/lbsplit/t9/desired", "10")
+    second = etcd.put("/lbsplit/t9/desired", "30")
+    thread.join(timeout=10)
+    assert not thread.is_alive() and seen == [first, second]

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..config import Settings, load
-from ..errors import ConfigError, LbsplitError
+from ..errors import ConfigError, LbsplitError, NginxTestFailed
 from ..model import Runtime, Stage
 from ..nginx.process import Nginx
 from ..rollout import files
@@ -30,7 +30,8 @@ from . import protocol
 from .protocol import COMMITTED, PROPOSED, Desired, Report
 from .store import Etcd, StoreUnavailable
 
-POLL = 0.1  # seconds between two looks at the desired state
+POLL = 0.5  # seconds between two looks at the desired state when the watch stream is down or quiet
+LOCAL_EVERY = 1.0  # seconds between two looks at what this host's nginx serves, when nothing happens
 OVERRIDE_FILE = "fleet-override.json"  # in state_dir: `revert --local` was run here
 
 
@@ -96,9 +97,14 @@ class Agent:
         self.lease = 0
         self.last_keepalive = 0.0
         self.published_at = 0.0
+        self.looked_at = 0.0  # when local_report last asked nginx
+        self.digest_of: tuple | None = None  # (config, whitelist file) the cached digest belongs to
+        self.digest = ""
+        self.tested: set[str] = set()  # skeleton keys whose lbsplit.conf passed nginx -t here
         self.report = Report(host=self.fleet.host, seen=clock())
         self.etcd_down_since: float | None = None
         self.stop = threading.Event()
+        self.wake = threading.Event()  # set by the watch stream when the desired state changes
 
     # ---- etcd housekeeping
     def _register(self) -> None:
@@ -138,15 +144,33 @@ class Agent:
             self.etcd_down_since = None
         self._reload_settings_if_changed()
         desired = Desired.loads(entry.value) if entry else None
+        look = time.monotonic() - self.looked_at > LOCAL_EVERY
         if read_override(self.settings) is not None:
             self.report = replace(self.report, applied_id=0)  # after `rejoin`, apply the desired state again
         elif desired is not None:
             if desired.phase == PROPOSED and self.report.ready_id != desired.id and self.report.error_id != desired.id:
                 self._validate(desired)
             elif desired.phase == COMMITTED and self.report.error_id != desired.id and (
-                    self.report.applied_id != desired.id or self._local_stage() != desired.target):
+                    self.report.applied_id != desired.id or look and self._local_stage() != desired.target):
                 self._apply(desired)
-        self._publish(local_report(self.settings, replace(self.report, digest=digest(self.settings))))
+                return
+        if look:
+            self.looked_at = time.monotonic()
+            self._publish(local_report(self.settings, replace(self.report, digest=self._digest())))
+        else:
+            self._publish(replace(self.report, seen=self.clock()))
+
+    def _digest(self) -> str:
+        """digest(), recomputed only when the config or the whitelist file changed."""
+        wl = self.settings.split.whitelist_file if self.settings.split else None
+        try:
+            st = wl.stat() if wl else None
+        except OSError:
+            st = None
+        key = (self.config_mtime, wl, st and (st.st_mtime_ns, st.st_size))
+        if key != self.digest_of:
+            self.digest, self.digest_of = digest(self.settings), key
+        return self.digest
 
     def _local_stage(self) -> Stage | None:
         state = StateStore(self.settings.state_dir).read_state_or_none()
@@ -175,11 +199,14 @@ class Agent:
             prepared = plan(self.settings, stage)
             text = prepared.checked_text(0)
             include = prepared.inputs.include
-            if include is None or Path(include).is_file():  # a new whitelist's map file is written at commit
+            skeleton = prepared.skeleton_key()
+            # nginx -t once per skeleton: texts that differ only in the percentage pass or fail alike.
+            if skeleton not in self.tested and (include is None or Path(include).is_file()):
                 lua = self.settings.nginx.runtime == Runtime.LUA
                 problem = Nginx(self.settings.nginx).test_snippet(text, lua_modules() if lua else ())
                 if problem:
-                    raise LbsplitError(f"nginx -t rejects the new lbsplit.conf: {problem}")
+                    raise NginxTestFailed(f"nginx -t rejects the new lbsplit.conf: {problem}")
+                self.tested.add(skeleton)
         except LbsplitError as e:
             self.log(f"proposal {desired.id} ({stage.describe()}) refused: {e}")
             self._publish(replace(self.report, error_id=desired.id, error=f"{type(e).__name__}: {e}"[:500],
@@ -201,25 +228,40 @@ class Agent:
         except LbsplitError as e:
             self.log(f"change {desired.id} ({stage.describe()}) failed: {e}")
             self._publish(replace(local_report(self.settings, self.report), error_id=desired.id,
-                                  error=f"{type(e).__name__}: {e}"[:500], digest=digest(self.settings)))
+                                  error=f"{type(e).__name__}: {e}"[:500], digest=self._digest()))
             return
         self.log(f"change {desired.id}: {'; '.join(outcome.messages[-1:])}")
+        self.looked_at = time.monotonic()
         self._publish(replace(local_report(self.settings, self.report), applied_id=desired.id, error=None,
-                              digest=digest(self.settings)))
+                              digest=self._digest()))
+
+    def _watch(self) -> None:
+        """A thread: wake the loop at once when <prefix>/desired changes (polling stays the fallback)."""
+        store = Etcd.for_fleet(self.fleet, timeout=2.0)  # its own connection: the stream holds one open
+        while not self.stop.is_set():
+            try:
+                for _ in store.watch(protocol.desired_key(self.fleet.prefix), self.stop):
+                    self.wake.set()
+            except LbsplitError:
+                pass
+            self.stop.wait(1.0)  # etcd away: try the stream again in a second
 
     def run(self) -> int:
         def stop(signum, _frame):
             self.stop.set()
+            self.wake.set()
 
         for s in (signal.SIGTERM, signal.SIGINT):
             signal.signal(s, stop)
         self.log(f"agent for {self.fleet.host} following {self.fleet.prefix} on {len(self.fleet.etcd)} etcd endpoint(s)")
+        threading.Thread(target=self._watch, daemon=True).start()
         while not self.stop.is_set():
             try:
                 self.step()
             except LbsplitError as e:
                 self.log(f"step failed: {e}")
-            self.stop.wait(POLL)
+            self.wake.wait(POLL)
+            self.wake.clear()
         try:
             if self.lease:
                 self.store.revoke(self.lease)  # drop out of the fleet at once, not after agent_ttl

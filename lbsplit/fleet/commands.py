@@ -13,6 +13,7 @@ import json
 import time
 from dataclasses import dataclass, replace
 
+from .. import timing
 from ..config import Settings
 from ..errors import (
     ConfigError,
@@ -140,7 +141,8 @@ def change(settings: Settings, stage: Stage, command: str, reason: str = "", for
                        f"({winner.target.describe() if winner else '?'}) by {winner.by if winner else '?'}; "
                        "nothing was changed by this command")
     names = [h.name for h in live]
-    _, failed, silent, _ = _wait(store, prefix, names, proposal.id, lambda r: r.ready_id == proposal.id, timeout)
+    with timing.phase("fleet: proposal"):
+        _, failed, silent, _ = _wait(store, prefix, names, proposal.id, lambda r: r.ready_id == proposal.id, timeout)
     if failed or silent:
         back = replace(proposal, id=proposal.id + 1, stage=protocol.stage_json(previous), phase=COMMITTED,
                        previous=proposal.stage, command=f"abandon {command}", reason="a host refused the proposal")
@@ -152,7 +154,8 @@ def change(settings: Settings, stage: Stage, command: str, reason: str = "", for
         raise LockBusy("the fleet's desired state changed while this change was proposed (a revert?); "
                        "nothing was committed by this command")
     done = lambda r: r.applied_id == committed.id and r.served  # noqa: E731
-    ok, failed, silent, dropped = _wait(store, prefix, names, committed.id, done, timeout)
+    with timing.phase("fleet: commit"):
+        ok, failed, silent, dropped = _wait(store, prefix, names, committed.id, done, timeout)
     if failed or silent:
         back = Desired(id=committed.id + 1, stage=protocol.stage_json(previous), phase=COMMITTED,
                        previous=committed.stage, command=f"rollback {command}", by=actor(), at=now(),

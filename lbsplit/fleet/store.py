@@ -8,6 +8,8 @@ StoreUnavailable with the endpoint (credentials never printed) and the reason.
 from __future__ import annotations
 
 import base64
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..errors import EnvironmentProblem
@@ -139,6 +141,43 @@ class Etcd:
             put["lease"] = str(lease)
         answer = self._call("/v3/kv/txn", {"compare": [compare], "success": [{"request_put": put}]})
         return bool(answer.get("succeeded", False))
+
+    def watch(self, key: str, stop) -> "Iterator[int]":
+        """Yield etcd's revision each time `key` changes, until `stop` (an Event) is set or the stream breaks.
+
+        One streaming POST to /v3/watch; a broken stream raises StoreUnavailable (the caller reconnects).
+        """
+        import requests
+
+        problems = []
+        for endpoint in self.endpoints:
+            try:
+                response = self.session.post(f"{endpoint}/v3/watch", json={"create_request": {"key": _b64(key)}},
+                                             stream=True, timeout=(self.timeout, None))
+            except requests.RequestException as e:
+                problems.append(f"{redact(endpoint)}: {type(e).__name__}")
+                continue
+            try:
+                for line in response.iter_lines():
+                    if stop.is_set():
+                        return
+                    if not line:
+                        continue
+                    try:
+                        result = json.loads(line).get("result", {})
+                    except ValueError:
+                        continue
+                    if result.get("events"):
+                        yield int(result.get("header", {}).get("revision", 0))
+                        if stop.is_set():
+                            return
+            except requests.RequestException as e:
+                problems.append(f"{redact(endpoint)}: {type(e).__name__}")
+            finally:
+                response.close()
+            if stop.is_set():
+                return
+        raise StoreUnavailable(f"etcd watch of {key} ended ({'; '.join(problems) or 'stream closed'})")
 
     def grant(self, ttl: int) -> int:
         """A lease of `ttl` seconds; keys put under it vanish when it is not kept alive."""

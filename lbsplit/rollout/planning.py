@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..config import Settings
 from ..model import DEFAULT_FALLBACK_KEY, DEFAULT_KEY, DEFAULT_MODE, FULL, Mode, Runtime, Stage
-from ..nginx.dialect import WHITELIST_DIR, RenderInput, check_structure, render, restage
+from ..nginx.dialect import WHITELIST_DIR, RenderInput, check_structure, render, render_key, restage
 from ..validate import fallback_warning
 from . import files, rendercache, wlcache
 from .state import StateStore
@@ -72,6 +72,10 @@ class Plan:
             if self.cache:
                 self.cache.put(skeleton, text)
         return text.replace(PERCENT_MARKER, self.stage.percent) if variable else text
+
+    def skeleton_key(self) -> str:
+        """What the text is besides its generation and percentage: texts with one key differ only there."""
+        return render_key(self._skeleton[0])
 
     @property
     def lua(self) -> bool:
