@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import REPO, run_cli
-from lbsplit.demo.sandbox import EtcdProcess, Sandbox, fleet_section, pipelined_variants
+from lbsplit.demo.sandbox import EtcdProcess, Sandbox, fleet_section, free_port, pipelined_variants
 from lbsplit.fleet.store import Etcd
 
 IDS = [f"user-{i}" for i in range(2000)] + ["test_user_001"]
@@ -42,9 +42,9 @@ class Fleet:
             assert run_cli(sb.config_path, "init").returncode == 0
             sb.start()
 
-    def configure(self, i: int, extra: str = "", nginx_extra: str = "", health: str = "") -> None:
+    def configure(self, i: int, extra: str = "", nginx_extra: str = "", health: str = "", v2=None) -> None:
         sb = self.boxes[i]
-        sb.write_config(whitelist=["test_user_001"], extra=extra)
+        sb.write_config(whitelist=["test_user_001"], extra=extra, v2=v2)
         text = sb.config_path.read_text()
         if nginx_extra:
             text = text.replace("verify_timeout = 20\n", f"verify_timeout = 20\n{nginx_extra}\n")
@@ -265,3 +265,25 @@ def test_killing_the_leading_watchdog_hands_over_to_another(fleet, endpoint):
                 p.wait(timeout=10)
     entries = [json.loads(line) for line in fleet.cli(0, "history", "--json").stdout.splitlines()]
     assert [e["command"] for e in entries].count("revert") == 1
+
+
+LOG_HEALTH = "\n[health]\nsource = \"nginx_log\"\naccess_log = \"{log}\"\nmin_requests = 20\nfailures_before_revert = 1\n" \
+             "[[health.thresholds]]\nup_to_percent = 100\ncheck_every = 1\nwindow = 60\n"
+
+
+def test_the_leader_judges_v2_by_the_whole_fleets_access_logs(fleet):
+    dead = free_port()  # nothing listens: v2 fails on lb-2 only
+    for i, sb in enumerate(fleet.boxes):
+        fleet.configure(i, health=LOG_HEALTH.format(log=sb.front.prefix / "lbsplit-access.log"),
+                        v2=[f"127.0.0.1:{dead}"] if i == 2 else None)
+    assert fleet.cli(0, "apply", "30").returncode == 0
+    for i, n in ((0, 300), (1, 300), (2, 1500)):
+        pipelined_variants(fleet.boxes[i].port, [f"user-{i}-{k}" for k in range(n)])
+    time.sleep(2.5)  # every agent has published its counts
+    own = json.loads(fleet.cli(0, "report", "--window", "1m", "--json").stdout)["variants"]
+    assert own["v2"]["requests"] > 50 and own["v2"]["error_rate"] == 0  # lb-0 alone sees a healthy v2
+    result = fleet.cli(0, "watchdog", "--once")
+    assert result.returncode == 10, result.stdout + result.stderr
+    log = (fleet.boxes[0].state_dir / "watchdog.log").read_text()
+    assert "fleet access logs: 3 hosts" in log and "check=FAIL" in log, log
+    assert [fleet.served(i)["v2"] for i in range(3)] == [False] * 3

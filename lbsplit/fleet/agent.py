@@ -26,6 +26,7 @@ from ..rollout.planning import plan
 from ..rollout.state import StateStore
 from ..rollout.transaction import actor, lua_modules, now
 from ..watch import gate
+from ..watch.logsource import Window, read_appended, variant_of_addr
 from . import protocol
 from .protocol import COMMITTED, PROPOSED, Desired, Report
 from .store import Etcd, StoreUnavailable
@@ -101,6 +102,7 @@ class Agent:
         self.digest_of: tuple | None = None  # (config, whitelist file) the cached digest belongs to
         self.digest = ""
         self.tested: set[str] = set()  # skeleton keys whose lbsplit.conf passed nginx -t here
+        self.log_window, self.log_cursor = Window(), None  # the access log, read incrementally
         self.report = Report(host=self.fleet.host, seen=clock())
         self.etcd_down_since: float | None = None
         self.stop = threading.Event()
@@ -157,8 +159,33 @@ class Agent:
         if look:
             self.looked_at = time.monotonic()
             self._publish(local_report(self.settings, replace(self.report, digest=self._digest())))
+            self._publish_counts()
         else:
             self._publish(replace(self.report, seen=self.clock()))
+
+    def _publish_counts(self) -> None:
+        """With health.source reading nginx's log: this host's per-variant counts over the stage's window,
+        for the leading watchdog to sum over the fleet. Read incrementally, like the watchdog reads it."""
+        health = self.settings.health if self.settings.health_error is None else None
+        if health is None or not health.uses_log or health.access_log is None or not self.lease \
+                or self.settings.v2 is None:
+            return
+        state = StateStore(self.settings.state_dir).read_state_or_none()
+        thresholds = health.thresholds_for(state.hundredths if state and state.v2_enabled else 0)
+        now_ts = self.clock()
+        oldest = now_ts - thresholds.window
+        addrs = variant_of_addr(self.settings.v1, self.settings.v2)
+        try:
+            self.log_cursor, _ = read_appended(health.access_log, self.log_cursor,
+                                               lambda text: self.log_window.add_text(text, addrs, oldest))
+        except OSError:
+            return  # the counts go stale; the leader says which host is missing
+        self.log_window.prune(oldest)
+        stats = self.log_window.stats(oldest, now_ts)
+        row = lambda st: [st.requests, st.errors, st.timeouts, st.time_sum, {str(b): n for b, n in st.hist.items()}]  # noqa: E731
+        self.store.put(protocol.counts_key(self.fleet.prefix, self.fleet.host),
+                       json.dumps({"at": now_ts, "window": thresholds.window, "v1": row(stats["v1"]),
+                                   "v2": row(stats["v2"])}), lease=self.lease)
 
     def _digest(self) -> str:
         """digest(), recomputed only when the config or the whitelist file changed."""

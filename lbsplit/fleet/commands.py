@@ -271,6 +271,38 @@ def watchdog_action(settings: Settings):
     return act
 
 
+COUNTS_FRESH = 5.0  # seconds: counts older than this come from an agent that stopped publishing
+
+
+def fleet_log_check(settings: Settings, health):
+    """The leader's nginx_log source: every live host's window counts, summed, judged as one access log."""
+    from ..watch import judge
+    from ..watch.logsource import VariantStats
+
+    store, prefix, _ = store_for(settings)
+
+    def check(thresholds, now: float):
+        v1, v2, used, stale = VariantStats(), VariantStats(), [], []
+        for e in store.prefix(f"{prefix}/counts/"):
+            try:
+                data = json.loads(e.value)
+                if now - float(data["at"]) > COUNTS_FRESH:
+                    stale.append(e.key.rsplit("/", 1)[1])
+                    continue
+                v1.merge(data["v1"])
+                v2.merge(data["v2"])
+                used.append(e.key.rsplit("/", 1)[1])
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+                continue
+        problem = None if used else "no load balancer published access-log counts (are the agents running?)"
+        result = judge.evaluate_log(v1, v2, thresholds, health, problem)
+        note = f"fleet access logs: {len(used)} hosts" + (f", stale: {', '.join(stale)}" if stale else "")
+        return judge.Check(result.outcome, result.readings, result.missing, result.metrics, result.policy,
+                           result.notes + (note,))
+
+    return check
+
+
 def lead_and_watch(settings: Settings, health, mode: str, echo, chatty: bool) -> int:
     """`watchdog` with [fleet]: run only while leading; the leader's revert is a fleet revert."""
     from ..watch.watchdog import Watchdog
@@ -281,7 +313,9 @@ def lead_and_watch(settings: Settings, health, mode: str, echo, chatty: bool) ->
         if leader is None:
             try:
                 echo(f"{leadership.host} leads the fleet's watchdog") if chatty else None
-                return Watchdog(settings, health, echo=echo, chatty=chatty, act=watchdog_action(settings)).run(mode)
+                log_check = fleet_log_check(settings, health) if health.uses_log else None
+                return Watchdog(settings, health, echo=echo, chatty=chatty, act=watchdog_action(settings),
+                                log_check=log_check).run(mode)
             finally:
                 leadership.release()
         if mode != "loop":

@@ -3,6 +3,7 @@
     <prefix>/desired          the stage every host must serve: id, stage, phase (proposed/committed)
     <prefix>/hosts/<host>     each agent's report (kept after it dies, so status can show it)
     <prefix>/alive/<host>     under the agent's lease: gone agent_ttl seconds after it stops
+    <prefix>/counts/<host>    under the lease: the host's access-log counts per variant (nginx_log source)
     <prefix>/history/<id>     one entry per fleet change, with the per-host result
     <prefix>/watchdog         under the leading watchdog's lease: its host name
 """
@@ -29,6 +30,11 @@ def host_key(prefix: str, host: str) -> str:
 
 def alive_key(prefix: str, host: str) -> str:
     return f"{prefix}/alive/{host}"
+
+
+def counts_key(prefix: str, host: str) -> str:
+    """Under the agent's lease: this host's per-variant access-log counts over the stage's window."""
+    return f"{prefix}/counts/{host}"
 
 
 def history_key(prefix: str, change: int) -> str:

@@ -46,9 +46,10 @@ class Watchdog:
 
     def __init__(self, settings: Settings, health: HealthSettings, probe=endpoint.probe, clock=time.time,
                  sleep=time.sleep, notify=endpoint.post_json, echo=print, monotonic=None, chatty: bool = False,
-                 act=None):
+                 act=None, log_check=None):
         self.settings = settings
         self.act = act  # fleet mode: (target, reason) -> (change id, messages), a fleet-wide change
+        self.log_check = log_check  # fleet mode: (thresholds, now) -> Check over the whole fleet's access logs
         self.health = health
         self.probe = probe
         self.clock = clock  # wall time: timestamps in logs and state
@@ -83,7 +84,9 @@ class Watchdog:
         checks, progress = [], None
         if self.health.uses_endpoint:
             checks.append(sources.endpoint_check(self.health, thresholds, self.probe, hundredths))
-        if self.health.uses_log:
+        if self.health.uses_log and self.log_check is not None:
+            checks.append(self.log_check(thresholds, self.clock()))
+        elif self.health.uses_log:
             wd = load_state(self.state_path)
             log_check, progress = sources.incremental_log_check(
                 self.settings, self.health, thresholds, sources.LogProgress(wd.log_cursor, wd.log_window), self.clock())
