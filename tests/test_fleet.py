@@ -33,9 +33,10 @@ def etcd(tmp_path_factory):
 
 
 class Fleet:
-    def __init__(self, root, etcd: EtcdProcess, nginx_bin: str, prefix: str, size: int = 3):
+    def __init__(self, root, etcd: EtcdProcess, nginx_bin: str, prefix: str, size: int = 3, lua: bool = False):
         self.etcd, self.prefix = etcd, prefix
-        self.boxes = [Sandbox(root / f"lb-{i}", binary=nginx_bin, nginx_dir=REPO / "nginx") for i in range(size)]
+        self.boxes = [Sandbox(root / f"lb-{i}", binary=nginx_bin, nginx_dir=REPO / "nginx", lua=lua)
+                      for i in range(size)]
         self.agents: dict[int, subprocess.Popen] = {}
         for i, sb in enumerate(self.boxes):
             self.configure(i)
@@ -287,3 +288,39 @@ def test_the_leader_judges_v2_by_the_whole_fleets_access_logs(fleet):
     log = (fleet.boxes[0].state_dir / "watchdog.log").read_text()
     assert "fleet access logs: 3 hosts" in log and "check=FAIL" in log, log
     assert [fleet.served(i)["v2"] for i in range(3)] == [False] * 3
+
+
+def test_promote_runs_every_hosts_strict_gate(fleet):
+    assert fleet.cli(0, "apply", "10").returncode == 0
+    refused = fleet.cli(1, "promote")
+    assert refused.returncode == 8, refused.stdout + refused.stderr  # 48 h of soak at 10% on every host
+    assert "GateRefused" in refused.stderr and "soak" in refused.stderr
+    assert [percent_of(fleet.served(i)) for i in range(3)] == [10, 10, 10]
+    forced = fleet.cli(1, "promote", "--force", "--reason", "drill")
+    assert forced.returncode == 0, forced.stderr
+    assert [percent_of(fleet.served(i)) for i in range(3)] == [30, 30, 30]
+    history = [json.loads(line) for line in fleet.cli(0, "history", "--json").stdout.splitlines()]
+    assert history[-1]["command"] == "promote 30" and history[-1]["reason"] == "drill"
+
+
+def test_a_fleet_in_the_lua_runtime_changes_percent_without_reloads(tmp_path, etcd, nginx_bin):
+    from lbsplit.config import load
+    from lbsplit.nginx.process import Nginx
+
+    f = Fleet(tmp_path, etcd, nginx_bin, "/lbsplit/lua-fleet", lua=True)
+    try:
+        for i, sb in enumerate(f.boxes):
+            sb.runtime = "lua"
+            f.configure(i)
+            f.start_agent(i)
+        assert f.cli(0, "apply", "10").returncode == 0  # v2 comes in: a reload everywhere
+        workers = [Nginx(load(sb.config_path).nginx).worker_pids(sb.front.pid()) for sb in f.boxes]
+        for args, expected in ((("apply", "30"), 30), (("revert",), None), (("apply", "50", "--force"), 50)):
+            result = f.cli(1, *args)
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert [percent_of(f.served(i)) for i in range(3)] == [expected] * 3
+            seen = [f.variants(i) for i in range(3)]
+            assert seen[0] == seen[1] == seen[2]
+        assert [Nginx(load(sb.config_path).nginx).worker_pids(sb.front.pid()) for sb in f.boxes] == workers
+    finally:
+        f.stop()

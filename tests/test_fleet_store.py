@@ -119,3 +119,29 @@ def test_a_watch_yields_when_the_key_changes_and_stops_on_request(etcd):
     second = etcd.put("/lbsplit/t9/desired", "30")
     thread.join(timeout=10)
     assert not thread.is_alive() and seen == [first, second]
+
+
+def test_user_and_password_authenticate_and_nothing_works_without_them(tmp_path):
+    import requests
+
+    from lbsplit.demo.sandbox import EtcdProcess
+
+    server = EtcdProcess(tmp_path)
+    server.start()
+    try:
+        for path, body in (("/v3/auth/role/add", {"name": "root"}),
+                           ("/v3/auth/user/add", {"name": "root", "password": "s3cret-pw"}),
+                           ("/v3/auth/user/grant", {"user": "root", "role": "root"}),
+                           ("/v3/auth/enable", {})):
+            assert requests.post(server.url + path, json=body, timeout=5).status_code == 200, path
+        with pytest.raises(StoreUnavailable) as refused:
+            Etcd((server.url,), timeout=2).put("/lbsplit/auth/x", "1")
+        assert "s3cret-pw" not in str(refused.value)
+        with pytest.raises(StoreUnavailable) as wrong:
+            Etcd((server.url,), timeout=2, user="root", password="wrong").put("/lbsplit/auth/x", "1")
+        assert "wrong" not in str(wrong.value).replace("wrong password", "")
+        store = Etcd((server.url,), timeout=2, user="root", password="s3cret-pw")
+        store.put("/lbsplit/auth/x", "1")
+        assert store.get("/lbsplit/auth/x").value == "1"
+    finally:
+        server.stop()

@@ -76,17 +76,32 @@ class Etcd:
             self._session.verify = self._tls["verify"]
             self._session.cert = self._tls["cert"]
             if self._credentials:
-                # etcd v3 auth: a token from /v3/auth/authenticate, sent as the Authorization header.
-                user, password = self._credentials
-                answer = self._call("/v3/auth/authenticate", {"name": user, "password": password or ""})
-                self._session.headers["Authorization"] = str(answer.get("token", ""))
+                try:
+                    self._authenticate()
+                except StoreUnavailable:
+                    self._session = None  # the next call tries again
+                    raise
         return self._session
 
-    def _call(self, path: str, body: dict) -> dict:
+    def _authenticate(self) -> None:
+        """etcd v3 auth: a token from /v3/auth/authenticate, sent as the Authorization header."""
+        user, password = self._credentials
+        self._session.headers.pop("Authorization", None)
+        answer = self._call("/v3/auth/authenticate", {"name": user, "password": password or ""})
+        self._session.headers["Authorization"] = str(answer.get("token", ""))
+
+    def _call(self, path: str, body: dict, retried: bool = False) -> dict:
         import requests
 
         problems = []
         session = self.session if path != "/v3/auth/authenticate" else self._session
+        if self._credentials and not retried and path != "/v3/auth/authenticate":
+            try:
+                return self._call(path, body, retried=True)
+            except StoreUnavailable as e:
+                if "auth token" not in str(e):
+                    raise
+                self._authenticate()  # the token expired (or etcd restarted): once more with a new one
         for endpoint in self.endpoints:
             try:
                 response = session.post(f"{endpoint}{path}", json=body, timeout=(self.timeout, self.timeout))
@@ -157,6 +172,12 @@ class Etcd:
             except requests.RequestException as e:
                 problems.append(f"{redact(endpoint)}: {type(e).__name__}")
                 continue
+            if response.status_code != 200:
+                problems.append(f"{redact(endpoint)}: HTTP {response.status_code}")
+                response.close()
+                if self._credentials:
+                    self._authenticate()  # an expired token: the caller's next watch has a new one
+                continue
             try:
                 for line in response.iter_lines():
                     if stop.is_set():
@@ -164,9 +185,15 @@ class Etcd:
                     if not line:
                         continue
                     try:
-                        result = json.loads(line).get("result", {})
+                        data = json.loads(line)
                     except ValueError:
                         continue
+                    if data.get("error"):
+                        problems.append(f"{redact(endpoint)}: {str(data['error'])[:200]}")
+                        if self._credentials and "auth" in str(data["error"]):
+                            self._authenticate()
+                        break
+                    result = data.get("result", {})
                     if result.get("events"):
                         yield int(result.get("header", {}).get("revision", 0))
                         if stop.is_set():
