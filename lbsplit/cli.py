@@ -14,13 +14,10 @@ from .errors import ConfigError, ExitCode, GateRefused, LbsplitError, NotServing
 from .model import Stage, parse_percent
 from .rollout import status as status_mod
 from .rollout import planning, transaction
-from .rollout.state import DamagedFile, StateStore
+from .rollout.state import DamagedFile
 from .watch import gate, planview, sources
 from .watch.logsource import parse_duration
-from .watch.watchdog import Watchdog
-from .fleet import agent as fleet_agent
-from .fleet import commands as fleet
-from .fleet.store import StoreUnavailable
+from .fleet import front
 
 PERCENT_ARG = {"ignore_unknown_options": True}  # so that "-5" reaches our own validation
 
@@ -59,8 +56,12 @@ def run(fn):
 
 
 def echo_outcome(outcome) -> None:
-    for message in outcome.messages:
-        click.echo(message)
+    echo_lines(outcome.messages)
+
+
+def echo_lines(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(line)
 
 
 def stage_arg(percent: str) -> Stage:
@@ -126,11 +127,7 @@ def apply(obj: Context, percent: str, dry_run: bool, reason: str, force: bool) -
                 click.echo(warning, err=True)
             click.echo(dry.diff, nl=False)
             return
-        if settings.require_fleet():
-            for line in fleet.change(settings, stage, f"apply {stage.percent}", reason, force=force):
-                click.echo(line)
-            return
-        echo_outcome(gate.apply(settings, stage, reason, force))
+        echo_lines(front.apply(settings, stage, reason, force))
 
     run(go)
 
@@ -146,22 +143,7 @@ def promote(obj: Context, reason: str, force: bool, confirm: tuple[str, ...]) ->
 
     Example: lbsplit promote --confirm "user feedback positive" --reason "survey 2026-12-01"
     """
-    def go():
-        settings = obj.settings()
-        if settings.require_fleet():
-            if confirm:
-                raise ConfigError("--confirm: in fleet mode confirm the checks on each host (`lbsplit promote --confirm "
-                                  "ITEM` there is recorded locally); then run `lbsplit promote`")
-            stage = fleet.next_stage(settings)
-            if stage is None:
-                click.echo("v2 is at the fleet's last stage: nothing to promote")
-                return
-            for line in fleet.change(settings, stage, f"promote {stage.percent}", reason, force=force, strict=True):
-                click.echo(line)
-            return
-        echo_outcome(gate.promote(settings, reason, force, confirm))
-
-    run(go)
+    run(lambda: echo_lines(front.promote(obj.settings(), reason, force, confirm)))
 
 
 @main.command(context_settings=PERCENT_ARG)
@@ -212,10 +194,7 @@ def watchdog(obj: Context, once: bool, loop: bool) -> None:
         if health is None:
             raise ConfigError("health: no [health] section; add one (url = v2's health endpoint) to use the watchdog")
         chatty = sys.stderr.isatty()
-        echo = lambda m: click.echo(m, err=True)  # noqa: E731
-        if settings.require_fleet() is None:
-            sys.exit(Watchdog(settings, health, echo=echo, chatty=chatty).run(mode))
-        sys.exit(fleet.lead_and_watch(settings, health, mode, echo, chatty))
+        sys.exit(front.watchdog(settings, health, mode, lambda m: click.echo(m, err=True), chatty))
 
     run(go)
 
@@ -234,25 +213,7 @@ def revert(obj: Context, reason: str, local: bool) -> None:
     Example: lbsplit revert --reason "error rate 7%"
     """
 
-    def go():
-        settings = obj.settings_for_revert()
-        if not local and settings.fleet_error is not None:
-            raise ConfigError(f"{settings.fleet_error}; to revert this host alone, run `lbsplit revert --local`")
-        if local or settings.fleet is None:
-            if local:
-                fleet_agent.set_override(settings, reason)  # first: the agent must not undo what follows
-            echo_outcome(gate.revert(settings, reason))
-            if local:
-                click.echo("this host is now locally overridden: its agent ignores the fleet until `lbsplit rejoin`")
-            return
-        try:
-            lines = fleet.revert(settings, reason)
-        except StoreUnavailable as e:
-            raise StoreUnavailable(f"{e}. Break-glass without etcd: `lbsplit revert --local` on each host") from None
-        for line in lines:
-            click.echo(line)
-
-    run(go)
+    run(lambda: echo_lines(front.revert(obj.settings_for_revert(), reason, local)))
 
 
 @main.command()
@@ -263,14 +224,7 @@ def rejoin(obj: Context) -> None:
     The agent then applies the fleet's desired stage here. Example: lbsplit rejoin
     """
 
-    def go():
-        settings = obj.settings(for_revert=True)
-        if settings.require_fleet() is None:
-            raise ConfigError("rejoin: the config has no [fleet] section")
-        cleared = fleet_agent.clear_override(settings)
-        click.echo("override cleared: the agent follows the fleet again" if cleared else "this host was not overridden")
-
-    run(go)
+    run(lambda: click.echo(front.rejoin(obj.settings(for_revert=True))))
 
 
 @main.command()
@@ -282,8 +236,7 @@ def agent(obj: Context) -> None:
     local transaction, and reports what this host serves. Stops on SIGTERM. See
     docs/examples/lbsplit-agent.service. Example: lbsplit --config /etc/lbsplit.toml agent
     """
-    run(lambda: sys.exit(fleet_agent.Agent(obj.config_path, log=lambda m: click.echo(f"lbsplit agent: {m}",
-                                                                                     err=True)).run()))
+    run(lambda: sys.exit(front.agent(obj.config_path, lambda m: click.echo(f"lbsplit agent: {m}", err=True))))
 
 
 @main.command(context_settings=PERCENT_ARG)
@@ -321,14 +274,11 @@ def status(obj: Context, as_json: bool, local: bool) -> None:
 
     def go():
         settings = obj.settings(for_revert=True)
-        if settings.require_fleet() and not local:
-            f = fleet.status(settings)
-            if as_json:
-                click.echo(json.dumps({k: v for k, v in f.items() if k != "lines"}, indent=2))
-            else:
-                for line in f["lines"]:
-                    click.echo(line)
-            fleet.require_serving(f)
+        f = front.fleet_status(settings, local)
+        if f is not None:
+            click.echo(json.dumps({k: v for k, v in f.items() if k != "lines"}, indent=2) if as_json
+                       else "\n".join(f["lines"]))
+            front.require_serving(f)
             return
         s = planview.full_status(settings)
         if as_json:
@@ -451,9 +401,7 @@ def history(obj: Context, as_json: bool, limit: int, local: bool) -> None:
     def go():
         if limit is not None and limit < 1:
             raise ConfigError(f"-n: {limit} is not a number of entries; give 1 or more, or leave -n out for all")
-        settings = obj.settings(for_revert=True)
-        in_fleet = settings.require_fleet() is not None and not local
-        entries = fleet.history(settings) if in_fleet else StateStore(settings.state_dir).read_history()
+        entries, in_fleet = front.history(obj.settings(for_revert=True), local)
         if not entries and not as_json:
             click.echo("no history yet: nothing has been applied")
         for e in entries[-limit:] if limit else entries:
