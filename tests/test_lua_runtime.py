@@ -100,6 +100,10 @@ def test_percent_changes_and_reverts_set_the_stage_live_without_a_reload(lua_sb)
         assert live_stage(live(lua_sb).decode()) == (s["generation"], stage.hundredths if stage.v2_enabled else -1)
         assert run_cli(lua_sb.config_path, "status").returncode == 0
     assert workers(lua_sb) == before, "nginx reloaded"
+    # `lbsplit route` reads the lua-runtime file's whitelist and stage: exactly what nginx serves.
+    routed = subprocess.run([sys.executable, "-m", "lbsplit", "--config", str(lua_sb.config_path), "route", "-"],
+                            input="\n".join(IDS[:300] + WHITELIST) + "\n", capture_output=True, text=True, timeout=60)
+    assert [json.loads(line)["variant"] for line in routed.stdout.splitlines()] == served(lua_sb, IDS[:300] + WHITELIST)
     history = [json.loads(line) for line in (lua_sb.state_dir / "history.jsonl").read_text().splitlines()]
     assert [h["result"] for h in history[-6:]] == ["set live (lua runtime, no reload)"] * 6
 
@@ -338,3 +342,13 @@ def test_a_location_with_its_own_lua_rewrite_handler_is_named_and_can_call_the_s
         assert set(pipelined_variants(without_call, IDS)) == {"v1"}
     finally:
         sb.stop()
+
+
+def test_report_reads_the_same_access_log_in_the_lua_runtime(lua_sb):
+    lua_sb.write_config(whitelist=WHITELIST, extra=f'\n[health]\nsource = "nginx_log"\n'
+                                                      f'access_log = "{lua_sb.front.prefix}/lbsplit-access.log"\n')
+    apply(lua_sb, "apply", "10")
+    apply(lua_sb, "apply", "30", "--force")
+    got = served(lua_sb)
+    report = json.loads(run_cli(lua_sb.config_path, "report", "--window", "1m", "--json").stdout)["variants"]
+    assert report["v2"]["requests"] == got.count("v2") and report["v1"]["requests"] == got.count("v1")
