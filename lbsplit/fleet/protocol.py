@@ -53,8 +53,20 @@ def stage_of(data: dict) -> Stage:
     return Stage.at(int(data["hundredths"])) if data.get("v2") else Stage.off()
 
 
+class _Json:
+    """A dataclass kept in etcd as JSON; unknown keys (from a newer lbsplit) are ignored."""
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def loads(cls, text: str):
+        data = json.loads(text)
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
 @dataclass(frozen=True)
-class Desired:
+class Desired(_Json):
     """The fleet's desired state. `id` grows by one with every change, proposals included."""
 
     id: int
@@ -72,17 +84,9 @@ class Desired:
     def target(self) -> Stage:
         return stage_of(self.stage)
 
-    def dumps(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def loads(cls, text: str) -> "Desired":
-        data = json.loads(text)
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-
 
 @dataclass(frozen=True)
-class Report:
+class Report(_Json):
     """One agent's word on its host: what it serves and what it made of the desired state."""
 
     host: str
@@ -96,14 +100,6 @@ class Report:
     error: str | None = None
     digest: str = ""  # what decides a user's variant here (split_digest)
     override: str | None = None  # `revert --local`: who and when; the agent then ignores the fleet
-
-    def dumps(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def loads(cls, text: str) -> "Report":
-        data = json.loads(text)
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 def split_digest(mode: str, key: str, fallback_key: str, whitelist_name: str) -> str:
