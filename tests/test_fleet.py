@@ -324,3 +324,30 @@ def test_a_fleet_in_the_lua_runtime_changes_percent_without_reloads(tmp_path, et
         assert [Nginx(load(sb.config_path).nginx).worker_pids(sb.front.pid()) for sb in f.boxes] == workers
     finally:
         f.stop()
+
+
+def test_an_interrupted_proposal_is_withdrawn_and_a_stale_one_is_taken_over(fleet):
+    assert fleet.cli(0, "apply", "10").returncode == 0
+    store = Etcd((fleet.etcd.url,), timeout=2)
+    fleet.agents[2].send_signal(signal.SIGSTOP)  # lb-2 cannot answer: the proposal waits for it
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "lbsplit", "--config", str(fleet.boxes[0].config_path),
+                                 "apply", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        fleet.wait(lambda: json.loads(store.get(f"{fleet.prefix}/desired").value)["phase"] == "proposed",
+                   "the proposal is written")
+        proc.send_signal(signal.SIGTERM)
+        code, err = proc.wait(timeout=30), proc.stderr.read()
+    finally:
+        fleet.agents[2].send_signal(signal.SIGCONT)
+    assert code == 130 and "proposal was withdrawn" in err, err
+    desired = json.loads(store.get(f"{fleet.prefix}/desired").value)
+    assert desired["phase"] == "committed" and desired["stage"] == {"v2": True, "hundredths": 1000}
+    fleet.wait(lambda: fleet.status()["not_serving_desired"] == [], "every host at 10% again")
+    assert [percent_of(fleet.served(i)) for i in range(3)] == [10, 10, 10]
+    # A proposal whose command died without withdrawing it goes stale after apply_timeout (+10 s).
+    stale = dict(desired, id=desired["id"] + 1, phase="proposed", stage={"v2": True, "hundredths": 9000},
+                 previous=desired["stage"], at="2020-01-01T00:00:00Z")
+    store.put(f"{fleet.prefix}/desired", json.dumps(stale))
+    result = fleet.cli(1, "apply", "30")
+    assert result.returncode == 0, result.stderr
+    assert [percent_of(fleet.served(i)) for i in range(3)] == [30, 30, 30]

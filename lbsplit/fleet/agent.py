@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..config import Settings, load
-from ..errors import ConfigError, LbsplitError, NginxTestFailed
+from ..errors import ConfigError, Interrupted, LbsplitError, NginxTestFailed
 from ..model import Runtime, Stage
 from ..nginx.process import Nginx
 from ..rollout import files
@@ -252,6 +252,10 @@ class Agent:
                                      command=f"fleet {desired.command or 'apply'}")
             else:
                 outcome = gate.revert(self.settings, reason)
+        except Interrupted as e:  # SIGTERM reached the transaction, which undid itself: stop the agent too
+            self.log(f"change {desired.id} ({stage.describe()}) interrupted: {e}")
+            self.stop.set()
+            return
         except LbsplitError as e:
             self.log(f"change {desired.id} ({stage.describe()}) failed: {e}")
             self._publish(replace(local_report(self.settings, self.report), error_id=desired.id,

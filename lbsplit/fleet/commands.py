@@ -9,7 +9,10 @@ stage. revert is one unconditional write that every agent applies.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
+import signal
 import time
 from dataclasses import dataclass, replace
 
@@ -19,6 +22,7 @@ from ..errors import (
     ConfigError,
     EnvironmentProblem,
     GateRefused,
+    Interrupted,
     LbsplitError,
     LockBusy,
     NginxTestFailed,
@@ -124,14 +128,16 @@ def change(settings: Settings, stage: Stage, command: str, reason: str = "", for
     store, prefix, timeout = store_for(settings)
     key = protocol.desired_key(prefix)
     now_desired, revision = current(store, prefix)
+    previous = now_desired.target if now_desired else Stage.off()
     if now_desired is not None and now_desired.phase == PROPOSED:
-        raise LockBusy(f"fleet change {now_desired.id} ({now_desired.target.describe()}) by {now_desired.by} since "
-                       f"{now_desired.at} is still being proposed; wait for it (or `lbsplit revert`)")
+        if _age(now_desired) < timeout + STALE_AFTER:
+            raise LockBusy(f"fleet change {now_desired.id} ({now_desired.target.describe()}) by {now_desired.by} since "
+                           f"{now_desired.at} is still being proposed; wait for it (or `lbsplit revert`)")
+        previous = protocol.stage_of(now_desired.previous)  # a proposal its command left behind: never committed
     live = [h for h in hosts(store, prefix) if h.alive]
     if not live:
         raise EnvironmentProblem(f"fleet: no live agent under {prefix}; run `lbsplit agent` on every load balancer")
     _check_digests(live)
-    previous = now_desired.target if now_desired else Stage.off()
     proposal = Desired(id=(now_desired.id if now_desired else 0) + 1, stage=protocol.stage_json(stage), phase=PROPOSED,
                        previous=protocol.stage_json(previous), command=command, by=actor(), at=now(), reason=reason,
                        force=force, strict=strict)
@@ -141,11 +147,11 @@ def change(settings: Settings, stage: Stage, command: str, reason: str = "", for
                        f"({winner.target.describe() if winner else '?'}) by {winner.by if winner else '?'}; "
                        "nothing was changed by this command")
     names = [h.name for h in live]
-    with timing.phase("fleet: proposal"):
+    back = replace(proposal, id=proposal.id + 1, stage=protocol.stage_json(previous), phase=COMMITTED,
+                   previous=proposal.stage, command=f"abandon {command}", reason="a host refused the proposal")
+    with timing.phase("fleet: proposal"), _withdrawn_if_interrupted(store, key, proposal, back):
         _, failed, silent, _ = _wait(store, prefix, names, proposal.id, lambda r: r.ready_id == proposal.id, timeout)
     if failed or silent:
-        back = replace(proposal, id=proposal.id + 1, stage=protocol.stage_json(previous), phase=COMMITTED,
-                       previous=proposal.stage, command=f"abandon {command}", reason="a host refused the proposal")
         _swap_or_report(store, key, proposal, back)
         _record(store, prefix, proposal, "refused", {**failed, **{n: "no answer" for n in silent}})
         raise _error(failed, silent, f"fleet {command} (proposal)", timeout)
@@ -170,6 +176,39 @@ def change(settings: Settings, stage: Stage, command: str, reason: str = "", for
             {**{n: "served" for n in ok}, **{n: "dropped out (lease expired)" for n in dropped}})
     return [f"fleet change {committed.id}: v2 {stage.describe()} served by {len(ok)} of {len(names)} live hosts",
             *table(hosts(store, prefix), committed)]
+
+
+STALE_AFTER = 10.0  # seconds past apply_timeout after which a proposal's command is taken to be gone
+
+
+def _age(desired: Desired) -> float:
+    try:
+        return time.time() - dt.datetime.fromisoformat(desired.at.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return float("inf")
+
+
+@contextlib.contextmanager
+def _withdrawn_if_interrupted(store: Etcd, key: str, proposal: Desired, back: Desired):
+    """SIGINT, SIGTERM or SIGHUP while proposing: withdraw the proposal (nothing was committed), then stop."""
+
+    def interrupt(signum, _frame):
+        raise Interrupted(f"interrupted by {signal.Signals(signum).name}; the proposal was withdrawn, nothing changed")
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    try:
+        yield
+    except BaseException:
+        for s in previous:
+            signal.signal(s, signal.SIG_IGN)  # the withdrawal itself must not be interrupted
+        try:
+            _swap_or_report(store, key, proposal, back)
+        except LbsplitError:
+            pass  # etcd away: the proposal goes stale and the next apply takes over
+        raise
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _swap_or_report(store: Etcd, key: str, expected: Desired, new: Desired) -> bool:
