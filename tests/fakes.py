@@ -11,6 +11,7 @@ HEALTHY = {"error_rate": 0.01, "timeout_rate": 0.002, "dead_letter_growth": 1, "
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # nginx opens up to 60 connections at once in the timeout test; 5 drops SYNs
 
 
 class HealthEndpoint:
