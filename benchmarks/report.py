@@ -210,9 +210,14 @@ def write_report(r: dict, path: Path) -> None:
             "|---|---|",
             f"| plain proxy_pass | {p['plain_rps']:,.0f} |",
             f"| lbsplit | {p['lbsplit_rps']:,.0f} |",
+            *([f"| lbsplit, lua runtime (the split computed in lua per request) | {p['lua_rps']:,.0f} |"]
+              if "lua_rps" in p else []),
             "",
             f"Ratio {p['ratio']:.3f} (paired rounds ranged {p.get('ratio_min', p['ratio']):.3f} to "
             f"{p.get('ratio_max', p['ratio']):.3f}). Goal at least 0.95: {_verdict(p['ratio'] >= 0.95)}.",
+            *([f"The lua runtime: ratio {p['lua_ratio']:.3f} (rounds ranged {p['lua_ratio_min']:.3f} to "
+               f"{p['lua_ratio_max']:.3f}), measured in the same rounds, the order rotating over the three sides."]
+              if "lua_ratio" in p else []),
             "",
         ]
     rl = r.get("reloads")

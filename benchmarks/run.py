@@ -218,6 +218,7 @@ def _parse_wrk(out: str) -> dict:
 
 def proxy_cost(root: Path, seconds: int, rounds: int) -> None:
     sb = new_sandbox(root / "proxy")
+    lua = new_sandbox(root / "proxy-lua", lua=True)
     plain_port = free_port()
     plain_prefix = root / "plain"
     conf = (REPO / "nginx" / "sandbox.conf.tmpl").read_text()
@@ -229,29 +230,37 @@ def proxy_cost(root: Path, seconds: int, rounds: int) -> None:
     # Both sides write the same access log line per request; the plain side has no $lbsplit_upstream.
     log_format = re.search(r"^log_format lbsplit .*$", (REPO / "templates" / "lbsplit.conf.j2").read_text(), re.M).group(0)
     conf = conf.replace("    upstream plain_v1", "    " + log_format.replace("$lbsplit_upstream", "$proxy_host") + "\n    upstream plain_v1")
-    plain = NginxProcess(plain_prefix, fill(conf, {"USER_LINE": "user root;" if os.geteuid() == 0 else "",
+    plain = NginxProcess(plain_prefix, fill(conf, {"USER_LINE": "user root;" if os.geteuid() == 0 else "", "MODULES": "",
                                                    "PREFIX": plain_prefix, "PORT": plain_port,
                                                    "V1_PORT": sb.v1_port}), sb.binary)
     try:
         plain.start(wait_port=plain_port)
-        (sb.root / "wl.txt").write_text("")
-        sb.write_config(whitelist=["test_user_001", "test_user_002", "internal_staff_001"])
-        lbsplit(sb, "apply", "30")
-        ours, base = [], []
+        for box in (sb, lua):
+            (box.root / "wl.txt").write_text("")
+            box.write_config(whitelist=["test_user_001", "test_user_002", "internal_staff_001"])
+            lbsplit(box, "apply", "30")
+        lbsplit(lua, "apply", "30", "--force")  # the lua runtime's file is in place now; stays at 30%
+        runs = {"plain": [], "lbsplit": [], "lua": []}
+        sides = [("plain", plain_port), ("lbsplit", sb.port), ("lua", lua.port)]
         for i in range(rounds):
-            # alternate which side goes first, so a drift in the machine's load hits both alike
-            pair = [("plain", plain_port), ("lbsplit", sb.port)]
-            for name, port in pair if i % 2 == 0 else reversed(pair):
-                rps = _wrk(f"http://127.0.0.1:{port}/", "ids.lua", seconds)["rps"]
-                (base if name == "plain" else ours).append(rps)
+            # rotate which side goes first, so a drift in the machine's load hits every side alike
+            for name, port in sides[i % 3:] + sides[:i % 3]:
+                runs[name].append(_wrk(f"http://127.0.0.1:{port}/", "ids.lua", seconds)["rps"])
+        base, ours = runs["plain"], runs["lbsplit"]
         ratios = sorted(o / b for o, b in zip(ours, base))
+        lua_ratios = sorted(o / b for o, b in zip(runs["lua"], base))
         RESULTS["proxy_cost"] = {"plain_rps": statistics.median(base), "lbsplit_rps": statistics.median(ours),
                                  "ratio": statistics.median(ratios), "ratio_min": ratios[0], "ratio_max": ratios[-1],
-                                 "rounds": rounds, "seconds": seconds, "all_plain": base, "all_lbsplit": ours}
-        log(f"proxy cost: plain {statistics.median(base):.0f} rps, lbsplit {statistics.median(ours):.0f} rps")
+                                 "lua_rps": statistics.median(runs["lua"]), "lua_ratio": statistics.median(lua_ratios),
+                                 "lua_ratio_min": lua_ratios[0], "lua_ratio_max": lua_ratios[-1],
+                                 "rounds": rounds, "seconds": seconds, "all_plain": base, "all_lbsplit": ours,
+                                 "all_lua": runs["lua"]}
+        log(f"proxy cost: plain {statistics.median(base):.0f} rps, lbsplit {statistics.median(ours):.0f} rps, "
+            f"lua runtime {statistics.median(runs['lua']):.0f} rps")
     finally:
         plain.stop()
         sb.stop()
+        lua.stop()
 
 
 # ---------------------------------------------------------------- 4. reloads under load
