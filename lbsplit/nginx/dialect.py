@@ -466,6 +466,19 @@ def owner_of(text: str) -> str | None:
     return match.group(1) if match else None
 
 
+def reports_stage(answer: dict | None, generation: int, stage: Stage) -> bool:
+    """Does a status page answer report this generation at this stage (percent null when v2 is off)?
+
+    The generation alone is not enough: in the lua runtime the live stage can be set apart from it.
+    """
+    if not isinstance(answer, dict) or answer.get("generation") != generation or answer.get("v2") is not stage.v2_enabled:
+        return False
+    percent = answer.get("percent")
+    if not stage.v2_enabled:
+        return percent is None
+    return isinstance(percent, (int, float)) and not isinstance(percent, bool) and round(percent * 100) == stage.hundredths
+
+
 def parse_status(body: bytes) -> dict | None:
     """The status page's answer as a dict, or None when it is not one of ours."""
     try:

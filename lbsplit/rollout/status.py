@@ -9,7 +9,7 @@ from .. import whitelist as whitelist_mod
 from ..config import Settings
 from ..errors import ConfigError, LbsplitError
 from ..model import DEFAULT_FALLBACK_KEY, Mode, Stage
-from ..nginx.dialect import include_of, whitelist_ids
+from ..nginx.dialect import include_of, reports_stage, whitelist_ids
 from ..nginx.process import Nginx
 from ..nginx.route import Route, explain, folded_keys
 from . import files
@@ -22,17 +22,10 @@ def _serves_state(answer: dict | None, state, owner: str) -> bool:
         return False
     if answer.get("owner") not in (None, owner):
         return False  # another lbsplit config's file, sharing this output_dir
-    expected_percent = float(state.stage.percent) if state.v2_enabled else None
-    percent = answer.get("percent")
     workers = answer.get("workers")  # the lua runtime: every worker reports the generation it reads
     if workers is not None and not (isinstance(workers, list) and workers and all(w == state.generation for w in workers)):
         return False
-    return (
-        answer.get("generation") == state.generation
-        and answer.get("v2") is state.v2_enabled
-        and answer.get("mode") == state.mode
-        and (percent is None if expected_percent is None else isinstance(percent, (int, float)) and float(percent) == expected_percent)
-    )
+    return answer.get("mode") == state.mode and reports_stage(answer, state.generation, state.stage)
 
 
 def live_status(settings: Settings) -> dict:

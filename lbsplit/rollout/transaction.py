@@ -17,6 +17,7 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from .. import timing
 from ..config import Settings
@@ -39,6 +40,7 @@ from ..nginx.dialect import (
     live_stage,
     lua_stage,
     owner_of,
+    reports_stage,
     restage,
 )
 from ..nginx.process import Nginx
@@ -194,6 +196,31 @@ class Transaction:
         if self.nginx.wait_live(generation, self.settings.nginx.verify_timeout):
             return f"nginx serves generation {generation} again (set live, no reload)"
         return f"nginx does not report generation {generation} from every worker yet; check `lbsplit status`"
+
+    def _undo(self, error: BaseException, previous: bytes | None, restore, what: str) -> NoReturn:
+        """Before the commit point: the previous live file back, nginx back to it (`restore`), then re-raise."""
+        try:
+            if files.read_bytes(self.live) != previous:
+                self._put_back(previous)
+        except LbsplitError as undo_error:  # the live file is what it was unless both writes failed
+            raise UnfinishedTransaction(f"{error}\nputting the previous {self.live} back failed too: {undo_error}; "
+                                        "run `lbsplit repair` once the disk is writable") from None
+        note = restore()
+        self.store.finish()
+        if isinstance(error, ReloadFailed):
+            raise ReloadFailed(f"{error}\nPrevious {what} restored; {note}") from None
+        raise error
+
+    def _commit(self, generation: int, stage: Stage, data: bytes, running: bool, result: str,
+                layout: str | None = None) -> None:
+        """Past the commit point: record the change. A failure says nginx has it; repair records it later."""
+        try:
+            self._record(generation, stage, data, reloaded=running, command=self.command, note=result, layout=layout)
+            self.store.finish()
+        except LbsplitError as e:
+            where = "nginx serves" if running else "installed"
+            raise type(e)(f"{where} generation {generation} (v2 {stage.describe()}), but recording it in "
+                          f"{self.store.dir} failed: {e}. The next lbsplit command (or `lbsplit repair`) records it") from None
 
     def _backup(self, previous: bytes, state: State | None) -> None:
         """Keep the live bytes for undo: a hard link to the saved generation when it is the same file."""
@@ -400,17 +427,8 @@ class Transaction:
                     raise ReloadFailed(self._not_served_message(generation))
             signals.committed = True  # nginx serves it (or is not running): from here on, finish
         except BaseException as e:
-            try:
-                if files.read_bytes(self.live) != previous:
-                    self._put_back(previous)
-            except LbsplitError as undo_error:  # the live file is what it was unless both writes failed
-                raise UnfinishedTransaction(f"{e}\nputting the previous {self.live} back failed too: {undo_error}; "
-                                            "run `lbsplit repair` once the disk is writable") from None
-            note = self._reload_to(previous_generation) if reloaded else "nginx was not reloaded"
-            self.store.finish()
-            if isinstance(e, ReloadFailed):
-                raise ReloadFailed(f"{e}\nPrevious config restored; {note}") from None
-            raise
+            restore = (lambda: self._reload_to(previous_generation)) if reloaded else (lambda: "nginx was not reloaded")
+            self._undo(e, previous, restore, "config")
         failpoint("after-verify")
 
         if install_only:
@@ -425,15 +443,7 @@ class Transaction:
         else:
             messages.append(f"nginx serves generation {generation}: v2 {stage.describe()} ({share(stage, prepared.inputs.mode)})")
             result = "applied and verified"
-        try:
-            self._record(generation, stage, data, reloaded=master is not None, command=self.command, note=result,
-                         layout=layout)
-            self.store.finish()
-        except LbsplitError as e:
-            # Past the commit point: nginx serves the change. Say so; the journal stays for repair to record it.
-            where = "nginx serves" if master is not None else "installed"
-            raise type(e)(f"{where} generation {generation} (v2 {stage.describe()}), but recording it in "
-                          f"{self.store.dir} failed: {e}. The next lbsplit command (or `lbsplit repair`) records it") from None
+        self._commit(generation, stage, data, master is not None, result, layout)
         self._tidy(prepared, messages)
         return Outcome(generation, stage, changed=True, reloaded=master is not None, messages=messages)
 
@@ -466,7 +476,7 @@ class Transaction:
         """Write the restaged file, then set its stage live through the control endpoint: no nginx -t, no reload."""
         stage = prepared.stage
         if new_text(state.generation).encode() == previous and (
-                master is None or _reports(self.nginx.serving(), state.generation, stage)):
+                master is None or reports_stage(self.nginx.serving(), state.generation, stage)):
             messages.append(f"already live: generation {state.generation} (v2 {stage.describe()}); nothing changed")
             return Outcome(state.generation, stage, changed=False, reloaded=False, messages=messages)
         token = self.store.control_token()
@@ -495,17 +505,8 @@ class Transaction:
                                            f"{self.settings.nginx.verify_timeout:g}s")
             signals.committed = True
         except BaseException as e:
-            try:
-                if files.read_bytes(self.live) != previous:
-                    self._put_back(previous)
-            except LbsplitError as undo_error:
-                raise UnfinishedTransaction(f"{e}\nputting the previous {self.live} back failed too: {undo_error}; "
-                                            "run `lbsplit repair` once the disk is writable") from None
-            note = self._restore_live(previous) if master is not None else "nginx is not running"
-            self.store.finish()
-            if isinstance(e, ReloadFailed):
-                raise ReloadFailed(f"{e}\nPrevious stage restored; {note}") from None
-            raise
+            restore = (lambda: self._restore_live(previous)) if master is not None else (lambda: "nginx is not running")
+            self._undo(e, previous, restore, "stage")
         failpoint("after-verify")
         if master is None:
             messages.append(f"nginx is not running: wrote generation {generation} (v2 {stage.describe()}); "
@@ -515,12 +516,7 @@ class Transaction:
             messages.append(f"nginx serves generation {generation}: v2 {stage.describe()} "
                             f"({share(stage, prepared.inputs.mode)}), set live with no reload")
             result = "set live (lua runtime, no reload)"
-        try:
-            self._record(generation, stage, data, reloaded=master is not None, command=self.command, note=result)
-            self.store.finish()
-        except LbsplitError as e:
-            raise type(e)(f"nginx serves generation {generation} (v2 {stage.describe()}), but recording it in "
-                          f"{self.store.dir} failed: {e}. The next lbsplit command (or `lbsplit repair`) records it") from None
+        self._commit(generation, stage, data, master is not None, result)
         return Outcome(generation, stage, changed=True, reloaded=False, messages=messages)
 
     def _install_whitelist(self, prepared: Plan) -> Plan:
@@ -654,14 +650,6 @@ class Transaction:
             f"nginx still serves generation {seen} after {self.settings.nginx.verify_timeout:g}s, not {generation}; "
             "the reload did not take effect (nginx's error log says why, e.g. a port in use)"
         )
-
-
-def _reports(answer: dict | None, generation: int, stage: Stage) -> bool:
-    """Does the status page report this generation at this stage (the lua runtime's live stage can be set apart)?"""
-    if not isinstance(answer, dict) or answer.get("generation") != generation or answer.get("v2") is not stage.v2_enabled:
-        return False
-    percent = answer.get("percent")
-    return not stage.v2_enabled or isinstance(percent, (int, float)) and round(percent * 100) == stage.hundredths
 
 
 def init(settings: Settings) -> Outcome:
