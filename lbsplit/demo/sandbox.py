@@ -70,7 +70,10 @@ class NginxProcess:
             raise RuntimeError(f"nginx did not start: {result.stderr.strip()}")
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if self.pid() and (wait_port is None or _port_open(wait_port)):
+            # The pid file and the listening sockets exist before the master sets its title
+            # ("nginx: master process ..."); stop() signals only a titled master, so wait for it too.
+            pid = self.pid()
+            if pid and is_master(pid) and (wait_port is None or _port_open(wait_port)):
                 return
             time.sleep(0.02)
         raise RuntimeError("nginx did not come up within 10 s")
@@ -86,6 +89,8 @@ class NginxProcess:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and is_alive(pid):
             time.sleep(0.02)
+        if is_alive(pid):
+            raise RuntimeError(f"nginx master {pid} did not exit within 10 s of SIGTERM")
 
 
 def _port_open(port: int) -> bool:
