@@ -31,6 +31,7 @@ RESULTS: dict[str, object] = {}
 
 # lbsplit runs from a plain (non-editable) install, as `pip install .` leaves it; see install_copy().
 LBSPLIT_ENV: dict[str, str] = dict(os.environ)
+LBSPLIT_CWD: dict[str, str] = {"dir": str(REPO)}
 
 
 def install_copy(root: Path) -> None:
@@ -39,11 +40,19 @@ def install_copy(root: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(REPO)],
                    check=True, capture_output=True, cwd=root)
     LBSPLIT_ENV["PYTHONPATH"] = str(target)
+    LBSPLIT_CWD["dir"] = str(root)
+    # `python -m` puts the working directory first on sys.path: run from the repository, it would
+    # import the source tree (and, without bytecode caches, compile it on every start) instead.
+    where = subprocess.run([sys.executable, "-c", "import lbsplit; print(lbsplit.__file__)"], capture_output=True,
+                           text=True, check=True, env=LBSPLIT_ENV, cwd=root).stdout.strip()
+    if not where.startswith(str(target)):
+        raise RuntimeError(f"the benchmark must run the installed copy, but python imports lbsplit from {where}")
 
 
 def lbsplit(sb: Sandbox, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "lbsplit", "--config", str(sb.config_path), *args],
-                            capture_output=True, text=True, timeout=600, env={**LBSPLIT_ENV, **(env or {})})
+                            capture_output=True, text=True, timeout=600, env={**LBSPLIT_ENV, **(env or {})},
+                            cwd=LBSPLIT_CWD["dir"])
     if check and result.returncode != 0:
         raise RuntimeError(f"lbsplit {' '.join(args)} failed: {result.stderr}")
     return result
@@ -111,8 +120,13 @@ def _poll_generation(sb: Sandbox, generation: int, timeout: float = 120) -> None
     raise RuntimeError(f"generation {generation} never served")
 
 
-def _floor_round(sb: Sandbox, conf_text: str, fake_generation: int, map_text: str | None = None) -> float:
-    """The same kind of files swapped in by hand, then bare nginx -t, nginx -s reload, poll until served."""
+def _floor_round(sb: Sandbox, conf_text: str, fake_generation: int, map_text: str | None = None,
+                 hup: bool = False) -> float:
+    """The same kind of files swapped in by hand, then bare nginx -t, nginx -s reload, poll until served.
+
+    hup: the second floor, with `kill -HUP <master>` in place of `nginx -s reload` (which parses
+    the whole config again before it sends that same signal).
+    """
     nginx_argv = [sb.binary, "-p", str(sb.front.prefix), "-c", str(sb.front.conf)]
     text = re.sub(r"generation \d+", f"generation {fake_generation}", conf_text)
     text = re.sub(r'"generation": \d+', f'"generation": {fake_generation}', text)
@@ -126,7 +140,10 @@ def _floor_round(sb: Sandbox, conf_text: str, fake_generation: int, map_text: st
     live.write_text(text)
     started = time.monotonic()
     subprocess.run(nginx_argv + ["-t", "-q"], check=True)
-    subprocess.run(nginx_argv + ["-s", "reload"], check=True)
+    if hup:
+        subprocess.run(["kill", "-HUP", str(sb.front.pid())], check=True)
+    else:
+        subprocess.run(nginx_argv + ["-s", "reload"], check=True)
     _poll_generation(sb, fake_generation)
     took = time.monotonic() - started
     live.write_bytes(saved)  # back to what lbsplit's state says, for lbsplit's own round
@@ -164,13 +181,16 @@ def time_to_live(root: Path, sizes: list[int], repeats: dict[int, int]) -> None:
             (sb.root / "wl.txt").write_text("\n".join(base) + ("\n" if n else ""))
             lbsplit(sb, "apply", "10")
             for scenario in ("percent", "whitelist") if n else ("percent",):
-                floor, ours, phases = [], [], []
+                floor, hup_floor, ours, phases = [], [], [], []
                 fake_generation = 1_000_000 * (n + 1) + (500_000 if scenario == "whitelist" else 0)
                 for i in range(repeats[n]):
-                    fake_generation += 1
+                    fake_generation += 2
                     if scenario == "percent":
                         target = "20" if i % 2 == 0 else "10"
-                        floor.append(_floor_round(sb, lbsplit(sb, "render", target).stdout, fake_generation))
+                        conf = lbsplit(sb, "render", target).stdout
+                        floor.append(_floor_round(sb, conf, fake_generation))
+                        time.sleep(0.5 + n / 200_000)
+                        hup_floor.append(_floor_round(sb, conf, fake_generation + 1, hup=True))
                         time.sleep(0.5 + n / 200_000)
                         # the same move the floor just made (and undid): live -> target
                         ours.append(_lbsplit_round(sb, target, phases))
@@ -183,15 +203,19 @@ def time_to_live(root: Path, sizes: list[int], repeats: dict[int, int]) -> None:
                         (sb.root / "wl.txt").write_text(saved)
                         floor.append(_floor_round(sb, conf, fake_generation, map_text))
                         time.sleep(0.5 + n / 200_000)
+                        hup_floor.append(_floor_round(sb, conf, fake_generation + 1, map_text, hup=True))
+                        time.sleep(0.5 + n / 200_000)
                         (sb.root / "wl.txt").write_text(saved + f"round-{i}\n")
                         ours.append(_lbsplit_round(sb, "10", phases))
                     time.sleep(0.3 + n / 200_000)
                 row = {"ids": n, "scenario": scenario, "floor_s": statistics.median(floor),
+                       "hup_floor_s": statistics.median(hup_floor),
                        "lbsplit_s": statistics.median(ours), "repeats": repeats[n], "phases": _medians(phases)}
                 row["ratio"] = row["lbsplit_s"] / row["floor_s"]
                 row["over_floor_s"] = row["lbsplit_s"] - row["floor_s"]
                 rows.append(row)
                 log(f"time to live {n} ids, {scenario} change: floor {row['floor_s']:.3f}s "
+                    f"(with kill -HUP {row['hup_floor_s']:.3f}s) "
                     f"lbsplit {row['lbsplit_s']:.3f}s ({row['ratio']:.2f}x)")
         RESULTS["time_to_live"] = rows
     finally:
@@ -475,7 +499,8 @@ def fleet_times(root: Path, sizes: list[int], repeats: int) -> None:
                 for sb in boxes:
                     log_file = open(sb.root / "agent.log", "w")
                     agents.append(subprocess.Popen([sys.executable, "-m", "lbsplit", "--config", str(sb.config_path),
-                                                    "agent"], stdout=log_file, stderr=log_file, env=LBSPLIT_ENV))
+                                                    "agent"], stdout=log_file, stderr=log_file, env=LBSPLIT_ENV,
+                                                   cwd=LBSPLIT_CWD["dir"]))
                 time.sleep(2)  # every agent registered
                 times = {"fleet_apply": [], "fleet_revert": [], "single_apply": [], "single_revert": []}
                 for i in range(repeats):

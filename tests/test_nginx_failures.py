@@ -223,3 +223,36 @@ def test_200_crash_trials(sandbox):
     print("repair outcomes over 200 trials:", outcomes)
     # delays from 0.05 s to 0.6 s reach before, inside and after the transaction
     assert outcomes.get("nothing", 0) > 0 and outcomes.get("rolled", 0) > 0 and outcomes.get("finished", 0) > 0, outcomes
+
+
+def with_reload_command(sb, argv):
+    text = "".join(line for line in sb.config_path.read_text().splitlines(keepends=True)
+                   if not line.startswith("reload_command"))
+    sb.config_path.write_text(text.replace("verify_timeout = 20\n", f"verify_timeout = 20\nreload_command = {json.dumps(argv)}\n"))
+
+
+def test_a_reload_command_is_used_instead_of_the_signal(sandbox):
+    # The default reload is SIGHUP to the master; a configured reload_command replaces it, and
+    # lbsplit still verifies that nginx serves the result.
+    with_reload_command(sandbox, [sandbox.binary, "-p", str(sandbox.front.prefix), "-c", str(sandbox.front.conf),
+                                  "-s", "reload"])
+    on_v2 = applied(sandbox, "30").count("v2") / len(IDS)
+    assert 0.2 < on_v2 < 0.4
+    before, traffic = live_bytes(sandbox), sandbox.variants(IDS)
+    with_reload_command(sandbox, ["/bin/false"])
+    result = run_cli(sandbox.config_path, "apply", "60")
+    assert result.returncode == 4, result.stderr
+    assert "/bin/false failed" in result.stderr and "Previous config restored" in result.stderr
+    assert live_bytes(sandbox) == before
+    assert sandbox.variants(IDS) == traffic
+
+
+def test_reload_of_a_master_that_just_exited_is_a_reload_failure(sandbox):
+    from lbsplit.config import load
+    from lbsplit.errors import ReloadFailed
+    from lbsplit.nginx.process import Nginx
+
+    child = subprocess.Popen(["sleep", "0"])
+    child.wait()  # a pid that no longer exists
+    with pytest.raises(ReloadFailed, match=f"master \\(pid {child.pid}\\) exited"):
+        Nginx(load(sandbox.config_path).nginx).reload(child.pid)

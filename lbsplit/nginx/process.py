@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -194,8 +195,25 @@ class Nginx:
             return None
         return parse_dump(result.stdout)
 
-    def reload(self) -> None:
-        """Ask the master to reload. It returns at once; the switch happens later (see wait_serving)."""
+    def reload(self, master: int | None = None) -> None:
+        """Ask the master to reload. It returns at once; the switch happens later (see wait_serving).
+
+        With no reload_command and a known master, this is SIGHUP to that master, which is
+        what `nginx -s reload` sends too; but `nginx -s reload` first parses the whole config
+        again only to find the pid file (as long as `nginx -t` itself: 0.09 s at 100k
+        whitelisted ids, over 2 s at 1M), and lbsplit has just run `nginx -t` on it.
+        """
+        if master is not None and not self.settings.reload_command:
+            try:
+                os.kill(master, signal.SIGHUP)
+            except ProcessLookupError:
+                raise ReloadFailed(f"the nginx master (pid {master}) exited before it could be told to reload") from None
+            except PermissionError:
+                raise ReloadFailed(
+                    f"not allowed to signal the nginx master (pid {master}): run lbsplit as the user nginx's master "
+                    "runs as (usually root), or set nginx.reload_command"
+                ) from None
+            return
         argv = list(self.settings.reload_command) or self.settings.base_argv() + ["-s", "reload"]
         result = _run(argv, "reload")
         if result.returncode != 0:

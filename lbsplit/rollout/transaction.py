@@ -173,7 +173,7 @@ class Transaction:
             return "nginx is not running"
         old = self.nginx.worker_pids(master)
         try:
-            self.nginx.reload()
+            self.nginx.reload(master)
         except LbsplitError as e:
             return f"reloading the previous config failed too: {e}"
         if generation is None:
@@ -419,7 +419,7 @@ class Transaction:
                 self.store.begin(dataclasses.replace(journal, phase=Phase.RELOADING))
                 reloaded = True
                 with timing.phase("reload"):
-                    self.nginx.reload()
+                    self.nginx.reload(master)
                 failpoint("after-reload")
                 with timing.phase("wait"):
                     served = self.nginx.wait_serving(generation, old, self.settings.nginx.verify_timeout)
