@@ -12,12 +12,13 @@ from . import __version__, timing
 from .config import Settings, find_config, load
 from .errors import ConfigError, ExitCode, GateRefused, LbsplitError, NotServing
 from .model import Stage, parse_percent
-from .rollout import status as status_mod
 from .rollout import planning, transaction
 from .rollout.state import DamagedFile
-from .watch import gate, planview, sources
-from .watch.logsource import parse_duration
+from .watch import gate
 from .fleet import front
+
+# The read-only views (status, plan, alerts, route, report) load their modules inside their
+# commands: `lbsplit apply` starts without them.
 
 PERCENT_ARG = {"ignore_unknown_options": True}  # so that "-5" reaches our own validation
 
@@ -273,6 +274,8 @@ def status(obj: Context, as_json: bool, local: bool) -> None:
     """
 
     def go():
+        from .watch import planview  # noqa: PLC0415
+
         settings = obj.settings(for_revert=True)
         f = front.fleet_status(settings, local)
         if f is not None:
@@ -348,6 +351,8 @@ def plan_command(obj: Context, as_json: bool, with_gate: bool) -> None:
     """
 
     def go():
+        from .watch import planview  # noqa: PLC0415
+
         settings = obj.settings_for_revert()
         view = planview.plan_view(settings)
         if with_gate:
@@ -379,6 +384,8 @@ def alerts(obj: Context, as_json: bool) -> None:
     """
 
     def go():
+        from .watch import planview  # noqa: PLC0415
+
         view = planview.alerts_view(obj.settings_for_revert())
         if as_json:
             click.echo(json.dumps(view, indent=2))
@@ -434,6 +441,8 @@ def route(obj: Context, user_id: str, percent: str | None, fallback: str | None,
     """
 
     def go():
+        from .rollout import status as status_mod  # noqa: PLC0415
+
         stage = stage_arg(percent) if percent is not None else None
         explain = status_mod.router(obj.settings(for_revert=stage is None), stage, fallback)
         if user_id == "-":
@@ -468,6 +477,9 @@ def report(obj: Context, window: str, as_json: bool) -> None:
     """
 
     def go():
+        from .watch import sources  # noqa: PLC0415
+        from .watch.logsource import parse_duration  # noqa: PLC0415
+
         try:
             seconds = parse_duration(window)
         except ValueError as e:

@@ -13,6 +13,7 @@ from .errors import ConfigError
 from .validate import _ID_TROUBLE_RE as _BAD, MAX_ID_BYTES, whitelist_id_problem
 
 MAX_SHOWN = 20
+_ASCII_TROUBLE = bytes(range(0x21)) + b"\x7f"
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,13 @@ def _all_fine(ids: list[str]) -> bool:
     if not ids or "" in ids:
         return not ids
     joined = "".join(ids)
-    if _BAD.search(joined):
+    if joined.isascii():
+        # In ASCII the troublesome characters are exactly the controls, the space and DEL;
+        # deleting them in C is ten times faster than the regex over a few MiB.
+        raw = joined.encode("ascii")
+        if len(raw.translate(None, _ASCII_TROUBLE)) != len(raw):
+            return False
+    elif _BAD.search(joined):
         return False
     longest = max(ids, key=len)
     if len(longest) * 4 <= MAX_ID_BYTES or joined.isascii() and len(longest) <= MAX_ID_BYTES:
@@ -105,9 +112,8 @@ def _read_capped(path: Path) -> bytes:
     return raw
 
 
-def read_file(path: Path, raw: bytes | None = None) -> list[Entry]:
-    """Entries of a whitelist file: one id per line, blank lines and # comments ignored."""
-    raw = _read_capped(path) if raw is None else raw
+def _text(path: Path, raw: bytes) -> str:
+    """The file's text: UTF-8 without a byte-order mark, or a ConfigError naming the line."""
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]  # a UTF-8 byte-order mark (Windows editors) is not part of the first id
     if b"\0" in raw:
@@ -117,6 +123,12 @@ def read_file(path: Path, raw: bytes | None = None) -> list[Entry]:
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise ConfigError(f"split.whitelist_file: {path} line {line} is not UTF-8 text; save the file as UTF-8") from None
+    return text
+
+
+def read_file(path: Path, raw: bytes | None = None) -> list[Entry]:
+    """Entries of a whitelist file: one id per line, blank lines and # comments ignored."""
+    text = _text(path, _read_capped(path) if raw is None else raw)
     name = path.name
     return [
         (name, number, stripped)
@@ -136,8 +148,36 @@ def fingerprint(split: SplitSettings) -> tuple[str, bytes | None]:
     return digest.hexdigest(), raw
 
 
+def _plain(split: SplitSettings, raw: bytes | None) -> Whitelist | None:
+    """The common case in whole-string operations, or None when parse() must look id by id.
+
+    A file with no comment, whose ids are all valid (so unpadded) and distinct even ignoring
+    case, is its own whitelist: no warning, nothing dropped, the order kept. Anything else (an
+    error to point at by line, a duplicate to report) goes the line-by-line way, which says
+    the same for these files.
+    """
+    ids = list(split.whitelist)
+    if split.whitelist_file is not None:
+        text = _text(split.whitelist_file, raw)
+        if "#" in text:  # comments; padding and \r make an id invalid below, which goes line by line too
+            return None
+        ids += filter(None, text.split("\n"))
+    if not _all_fine(ids):
+        return None
+    # Valid ids hold no whitespace, so one newline-joined string folds them all at once.
+    folded = "\n".join(ids).encode("utf-8").lower().split(b"\n") if ids else []
+    if len(set(folded)) != len(ids):
+        return None
+    return Whitelist(ids=tuple(ids), warnings=())
+
+
 def load(split: SplitSettings, raw: bytes | None = None) -> Whitelist:
     """The effective whitelist of a config: the inline list, then the file (`raw`: its bytes, if read)."""
+    if raw is None and split.whitelist_file is not None:
+        raw = _read_capped(split.whitelist_file)
+    plain = _plain(split, raw)
+    if plain is not None:
+        return plain
     entries: list[Entry] = [("split.whitelist", i, user_id) for i, user_id in enumerate(split.whitelist)]
     if split.whitelist_file is not None:
         entries += read_file(split.whitelist_file, raw)

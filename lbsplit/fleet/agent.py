@@ -101,7 +101,7 @@ class Agent:
         self.looked_at = 0.0  # when local_report last asked nginx
         self.digest_of: tuple | None = None  # (config, whitelist file) the cached digest belongs to
         self.digest = ""
-        self.tested: set[str] = set()  # skeleton keys whose lbsplit.conf passed nginx -t here
+        self.tested: set[tuple[str, str | None]] = set()  # (skeleton key, whitelist file) that passed nginx -t here
         self.log_window, self.log_cursor = Window(), None  # the access log, read incrementally
         self.report = Report(host=self.fleet.host, seen=clock())
         self.etcd_down_since: float | None = None
@@ -226,8 +226,9 @@ class Agent:
             prepared = plan(self.settings, stage)
             text = prepared.checked_text(0)
             include = prepared.inputs.include
-            skeleton = prepared.skeleton_key()
-            # nginx -t once per skeleton: texts that differ only in the percentage pass or fail alike.
+            skeleton = (prepared.skeleton_key(), include)
+            # nginx -t once per skeleton and whitelist file: texts that differ only in the
+            # percentage pass or fail alike.
             if skeleton not in self.tested and (include is None or Path(include).is_file()):
                 lua = self.settings.nginx.runtime == Runtime.LUA
                 problem = Nginx(self.settings.nginx).test_snippet(text, lua_modules() if lua else ())

@@ -12,7 +12,6 @@ from ..errors import ConfigError
 from ..model import Stage
 from ..rollout.state import StateStore
 from ..watch import gate
-from ..watch.watchdog import Watchdog
 
 
 def _fleet(settings: Settings):
@@ -103,5 +102,7 @@ def history(settings: Settings, local: bool) -> tuple[list[dict], bool]:
 def watchdog(settings: Settings, health, mode: str, echo, chatty: bool) -> int:
     fleet = _fleet(settings)
     if fleet is None:
+        from ..watch.watchdog import Watchdog  # noqa: PLC0415 - only the watchdog command needs it
+
         return Watchdog(settings, health, echo=echo, chatty=chatty).run(mode)
     return fleet.lead_and_watch(settings, health, mode, echo, chatty)

@@ -344,7 +344,8 @@ class Nginx:
         """
         host, _, port = self.settings.status_listen.rpartition(":")
         try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=2) as sock:
+            # The host as bytes: a str makes getaddrinfo load the idna codec (~5 ms) on every command.
+            with socket.create_connection((host.strip("[]").encode(), int(port)), timeout=2) as sock:
                 sock.sendall(request)
                 chunks, size = [], 0
                 while size < 65536:

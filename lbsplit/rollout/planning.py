@@ -15,7 +15,16 @@ from pathlib import Path
 
 from ..config import Settings
 from ..model import DEFAULT_FALLBACK_KEY, DEFAULT_KEY, DEFAULT_MODE, FULL, Mode, Runtime, Stage
-from ..nginx.dialect import WHITELIST_DIR, RenderInput, check_structure, render, render_key, restage
+from ..nginx.dialect import (
+    WHITELIST_DIR,
+    MapHashSize,
+    RenderInput,
+    WhitelistFile,
+    check_structure,
+    render,
+    render_key,
+    restage,
+)
 from ..validate import fallback_warning
 from . import files, rendercache, wlcache
 from .state import StateStore
@@ -34,6 +43,12 @@ def share(stage: Stage, mode: Mode) -> str:
 
 GENERATION_MARKER = "\0generation\0"
 PERCENT_MARKER = "\0percent\0"
+# The whitelist's map file: its path, its size and the map hash sizes it needs, so a whitelist
+# change (a new file name) fills strings into the same skeleton instead of rendering again.
+INCLUDE_MARKER = "\0include\0"
+SIZE_MARKER = "\0size\0"
+BUCKET_MARKER = "\0bucket\0"
+MAX_MARKER = "\0max\0"
 
 
 @dataclass(frozen=True)
@@ -47,34 +62,46 @@ class Plan:
     cache: rendercache.RenderCache | None = None
 
     @functools.cached_property
-    def _skeleton(self) -> tuple[RenderInput, bool]:
-        """The inputs with the generation (and, in hash mode between 0 and 100%, the percentage) as markers.
+    def _skeleton(self) -> tuple[RenderInput, dict[str, str]]:
+        """The inputs with markers where the generation, the percentage and the whitelist's file go,
+        and what each marker stands for in this plan (the generation is filled in by text()).
 
-        One skeleton serves every generation and every split percentage: a percent change fills
-        in two strings instead of rendering (and importing jinja2) again. The markers hold NUL
-        bytes, which no validated id, server or key can contain.
+        One skeleton serves every generation, every split percentage (hash mode between 0 and
+        100%) and every non-empty whitelist of the same map-hash shape: a percent or whitelist
+        change fills in strings instead of rendering (and importing jinja2) again. The markers
+        hold NUL bytes, which no validated id, server, key or path can contain.
         """
+        inputs, fills = dataclasses.replace(self.inputs, generation=GENERATION_MARKER), {}
+        found = inputs.include_file
+        if found is not None and inputs.include is not None:
+            marked_hash = None if found.map_hash is None else MapHashSize(BUCKET_MARKER, MAX_MARKER)  # type: ignore[arg-type]
+            inputs = dataclasses.replace(inputs, include=INCLUDE_MARKER,
+                                         include_file=WhitelistFile(INCLUDE_MARKER, SIZE_MARKER, marked_hash))  # type: ignore[arg-type]
+            fills.update({INCLUDE_MARKER: str(self.inputs.include), SIZE_MARKER: str(found.size)})
+            if found.map_hash is not None:
+                fills.update({BUCKET_MARKER: str(found.map_hash.bucket_size), MAX_MARKER: str(found.map_hash.max_size)})
         h = self.stage.hundredths
         if self.lua:  # one skeleton for every stage with v2 on; restage() writes the stage in
-            return dataclasses.replace(self.inputs, generation=GENERATION_MARKER, stage=Stage.at(5000)), False
-        variable = self.stage.v2_enabled and 0 < h < FULL and self.inputs.mode == Mode.HASH
-        if not variable:
-            return dataclasses.replace(self.inputs, generation=GENERATION_MARKER), False
-        return dataclasses.replace(self.inputs, generation=GENERATION_MARKER, stage=Stage.at(5000),
-                                   percent_text=PERCENT_MARKER), True
+            inputs = dataclasses.replace(inputs, stage=Stage.at(5000))
+        elif self.stage.v2_enabled and 0 < h < FULL and self.inputs.mode == Mode.HASH:
+            inputs = dataclasses.replace(inputs, stage=Stage.at(5000), percent_text=PERCENT_MARKER)
+            fills[PERCENT_MARKER] = self.stage.percent
+        return inputs, fills
 
     @functools.cached_property
     def _template(self) -> str:
-        skeleton, variable = self._skeleton
+        skeleton, fills = self._skeleton
         text = self.cache.get(skeleton) if self.cache else None
         if text is None:
             text = render(skeleton)
             if self.cache:
                 self.cache.put(skeleton, text)
-        return text.replace(PERCENT_MARKER, self.stage.percent) if variable else text
+        for marker, value in fills.items():
+            text = text.replace(marker, value)
+        return text
 
     def skeleton_key(self) -> str:
-        """What the text is besides its generation and percentage: texts with one key differ only there."""
+        """What the text is besides its generation, percentage and whitelist file: texts with one key differ only there."""
         return render_key(self._skeleton[0])
 
     @property

@@ -22,8 +22,9 @@ from ..rollout import files, transaction
 from ..rollout.state import StateStore
 from ..rollout.planning import plan
 from ..rollout.transaction import Outcome, Transaction, actor, lua_modules, now
-from . import endpoint, hooks, judge, notify, sources
-from .memory import load_state
+
+# The health sources, hooks and notifications load when a command needs them: a percent change
+# with no [health], hooks or notifications pays no start-up time for them.
 
 REVERT_CHECKED = "revert-checked"  # in state_dir: the revert config and nginx binary that last passed
 
@@ -42,6 +43,7 @@ class Item:
 
 def items_of(check: judge.Check, target: Stage) -> list[Item]:
     """The judge's verdict as checklist items."""
+    from . import judge  # noqa: PLC0415
     at = f"at {target.describe()}"
     items = []
     for reading in check.readings:
@@ -62,7 +64,7 @@ def items_of(check: judge.Check, target: Stage) -> list[Item]:
     return items
 
 
-def health_items(settings: Settings, target: Stage, probe=endpoint.probe, clock=time.time,
+def health_items(settings: Settings, target: Stage, probe=None, clock=time.time,
                  v2_serving: bool = True) -> list[Item]:
     """v2's health now against the thresholds of the target stage.
 
@@ -79,7 +81,9 @@ def health_items(settings: Settings, target: Stage, probe=endpoint.probe, clock=
         items.append(Item("access log", True, "v2 gets no traffic yet, so the access log cannot judge it",
                           blocking=False))
     if health.uses_endpoint or use_log:
-        check = sources.check_now(settings, health, thresholds, probe, clock, use_log=use_log,
+        from . import endpoint, sources  # noqa: PLC0415
+
+        check = sources.check_now(settings, health, thresholds, probe or endpoint.probe, clock, use_log=use_log,
                                   hundredths=target.hundredths)
         items += items_of(check, target)
     return items
@@ -87,6 +91,9 @@ def health_items(settings: Settings, target: Stage, probe=endpoint.probe, clock=
 
 def watchdog_item(settings: Settings, target: Stage, clock=time.time) -> Item:
     """Is anyone watching? A warning only: the watchdog may be a systemd service that just started."""
+    from . import judge  # noqa: PLC0415
+    from .memory import load_state  # noqa: PLC0415
+
     health = settings.health
     wd = load_state(StateStore(settings.state_dir).watchdog_path)
     interval = max(judge.CRON_PERIOD, health.thresholds_for(target.hundredths).check_every)
@@ -148,6 +155,8 @@ def clean_time(settings: Settings, state, now: float) -> float | None:
     since = _epoch(state.applied_at)
     if since is None:
         return None
+    from .memory import load_state  # noqa: PLC0415
+
     wd = load_state(StateStore(settings.state_dir).watchdog_path)
     if wd.last_breach_at is not None and wd.last_breach_generation == state.generation:
         since = max(since, wd.last_breach_at)
@@ -194,7 +203,7 @@ def check_items(settings: Settings, state, target: Stage, strict: bool) -> list[
     return items
 
 
-def checklist(txn: Transaction, target: Stage, probe=endpoint.probe, clock=time.time, strict: bool = True) -> list[Item]:
+def checklist(txn: Transaction, target: Stage, probe=None, clock=time.time, strict: bool = True) -> list[Item]:
     """Everything the gate weighs for `target`; `strict` (promote): soak and manual checks refuse too."""
     state = txn.store.read_state_or_none()
     serving = state is not None and state.v2_enabled
@@ -216,7 +225,7 @@ def is_widening(current: Stage | None, target: Stage) -> bool:
     return target.hundredths > current.hundredths
 
 
-def precheck_for(target: Stage, force: bool, probe=endpoint.probe, clock=time.time, strict: bool = False):
+def precheck_for(target: Stage, force: bool, probe=None, clock=time.time, strict: bool = False):
     """The precheck `apply` runs under its lock: refuse a widening that the thresholds (or, when
     strict, the soak time and manual checks) forbid."""
 
@@ -227,6 +236,8 @@ def precheck_for(target: Stage, force: bool, probe=endpoint.probe, clock=time.ti
             return []
         items = checklist(txn, target, probe, clock, strict=strict or txn.settings.plan.enforce_soak)
         if not [i for i in items if not i.ok and i.blocking]:
+            from . import hooks  # noqa: PLC0415
+
             smoke = hooks.run(txn.settings, "pre_promote", {"stage": target.percent, "generation": state.generation
                                                             if state else "", "from": current.percent if current
                                                             and current.v2_enabled else "off", "reason": txn.reason})
@@ -281,6 +292,8 @@ def revert(settings: Settings, reason: str = ""):
 
 def _after(settings: Settings, hook: str, event: str, outcome, reason: str) -> None:
     """Run the hook and announce the change; failures become messages (and a hook_failed event)."""
+    from . import hooks, notify  # noqa: PLC0415
+
     result = hooks.run(settings, hook, {"stage": outcome.stage.percent if outcome.stage.v2_enabled else "off",
                                         "generation": outcome.generation, "reason": reason})
     if result is not None and not result.ok:
