@@ -256,3 +256,18 @@ def test_reload_of_a_master_that_just_exited_is_a_reload_failure(sandbox):
     child.wait()  # a pid that no longer exists
     with pytest.raises(ReloadFailed, match=f"master \\(pid {child.pid}\\) exited"):
         Nginx(load(sandbox.config_path).nginx).reload(child.pid)
+
+
+def test_the_masters_children_are_the_same_read_either_way(sandbox):
+    # /proc/<pid>/task/<pid>/children is the fast way; the scan of every process's parent is the fallback.
+    from lbsplit.nginx.process import Nginx
+
+    master = sandbox.front.pid()
+    fast = Nginx.worker_pids(master)
+    assert fast and fast == Nginx.children_by_scan(master)
+    applied(sandbox, "20")  # a reload: new workers, and the old ones leave
+    deadline = time.monotonic() + 10
+    while Nginx.worker_pids(master) & fast and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = Nginx.worker_pids(master)
+    assert after and not after & fast and after == Nginx.children_by_scan(master)

@@ -117,14 +117,17 @@ def revert_item(txn: Transaction) -> Item:
     lua = txn.settings.nginx.runtime == Runtime.LUA
     if lua and live_stage((files.read_bytes(txn.live) or b"")[:1 << 16].decode("utf-8", errors="replace")):
         return Item("revert config", True, "lua runtime: a revert sets v2 off live, with no nginx -t and no reload")
-    text = plan(txn.settings, Stage.off(), remember=True).checked_text(0)
+    prepared = plan(txn.settings, Stage.off(), remember=True)
+    text = prepared.text(0)
     key = hashlib.sha256(f"{txn.nginx.identity()}\0{text}".encode()).hexdigest()
     marker = txn.store.dir / REVERT_CHECKED
     try:
         if (files.read_bytes(marker) or b"").decode() == key:
+            # the same bytes passed the structure check and nginx -t before
             return Item("revert config", True, "passes nginx -t (unchanged since it last passed)")
     except LbsplitError:
         pass
+    prepared.checked_text(0)
     error = txn.nginx.test_snippet(text, lua_modules() if lua else ())
     if error:
         return Item("revert config", False, f"nginx -t rejects it: {error}")
