@@ -101,7 +101,8 @@ def _fleet(r: dict) -> list[str]:
         "",
         f"Goals: fleet revert of {biggest['hosts']} hosts under 1 s: {_verdict(biggest['fleet_revert'] < 1)} "
         f"({biggest['fleet_revert']:.3f} s); fleet apply within 1.5x of a single host: "
-        f"{_verdict(biggest['apply_ratio'] <= 1.5)} ({biggest['apply_ratio']:.2f}x at {biggest['hosts']} hosts).",
+        f"{_verdict(all(row['apply_ratio'] <= 1.5 for row in f['rows']))} ("
+        + ", ".join(f"{row['apply_ratio']:.2f}x at {row['hosts']}" for row in f["rows"]) + " hosts).",
         "",
     ]
     return out
