@@ -38,6 +38,7 @@ lua: nginx
 # Debian's etcd, for the tests of the fleet's etcd store (the tests start their own node on loopback).
 etcd:
 	@command -v etcd >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PACKAGES=etcd-server
+	@command -v openssl >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PACKAGES=openssl  # the TLS etcd test's certificates
 
 wrk:
 	@command -v wrk >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PACKAGES=wrk

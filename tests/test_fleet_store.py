@@ -145,3 +145,61 @@ def test_user_and_password_authenticate_and_nothing_works_without_them(tmp_path)
         assert store.get("/lbsplit/auth/x").value == "1"
     finally:
         server.stop()
+
+
+def test_tls_with_a_client_certificate_works_and_nothing_less_does(tmp_path, monkeypatch):
+    # etcd serving https only and requiring a client certificate signed by its CA, as a
+    # [fleet] section with ca_file, cert_file and key_file describes it.
+    from lbsplit.config import load
+    from lbsplit.demo.sandbox import EtcdProcess, TlsFiles
+
+    tls = TlsFiles(tmp_path)
+    # Many hosts set these for every tool; requests would let them replace a Session's own CA.
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.setenv(name, str(tls.client_cert))  # a certificate, but not the CA
+    server = EtcdProcess(tmp_path, tls=tls)
+    server.start()
+    try:
+        assert server.url.startswith("https://127.0.0.1:")
+        config = tmp_path / "lbsplit.toml"
+        config.write_text(f"""state_dir = "{tmp_path / 'state'}"
+[nginx]
+conf = "{tmp_path / 'nginx.conf'}"
+output_dir = "{tmp_path / 'out'}"
+[upstreams]
+v1 = ["127.0.0.1:8081"]
+v2 = ["127.0.0.1:8082"]
+[fleet]
+etcd = ["{server.url}"]
+prefix = "/lbsplit/tls"
+host = "lb-1"
+ca_file = "{tls.ca}"
+cert_file = "{tls.client_cert}"
+key_file = "{tls.client_key}"
+""")
+        store = Etcd.for_fleet(load(config).fleet, timeout=2)
+        store.put("/lbsplit/tls/x", "over tls")
+        assert store.get("/lbsplit/tls/x").value == "over tls"
+        stop = threading.Event()
+        seen = []
+
+        def follow():
+            for revision in store.watch("/lbsplit/tls/x", stop):
+                seen.append(revision)
+                stop.set()
+
+        thread = threading.Thread(target=follow)
+        thread.start()
+        time.sleep(0.5)
+        changed = store.put("/lbsplit/tls/x", "again")
+        thread.join(timeout=10)
+        assert not thread.is_alive() and seen == [changed]
+
+        with pytest.raises(StoreUnavailable, match="SSLError"):  # the system's CAs do not know this one
+            Etcd((server.url,), timeout=2, cert=(tls.client_cert, tls.client_key)).get("/lbsplit/tls/x")
+        with pytest.raises(StoreUnavailable):  # the CA, but no client certificate
+            Etcd((server.url,), timeout=2, ca_file=tls.ca).get("/lbsplit/tls/x")
+        with pytest.raises(StoreUnavailable):  # plain http to an https-only etcd
+            Etcd((server.url.replace("https", "http"),), timeout=2).get("/lbsplit/tls/x")
+    finally:
+        server.stop()

@@ -252,26 +252,57 @@ def _pipelined_one_connection(port: int, user_ids: list[str], header: str, batch
     return out
 
 
+class TlsFiles:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl."""
+
+    def __init__(self, root: Path):
+        self.dir = Path(root) / "tls"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ca, self.server_cert, self.server_key = self.dir / "ca.pem", self.dir / "server.pem", self.dir / "server.key"
+        self.client_cert, self.client_key = self.dir / "client.pem", self.dir / "client.key"
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise RuntimeError("openssl is not installed; `make test` installs it from Debian's packages")
+
+        def run(*args: str) -> None:
+            subprocess.run([openssl, *args], check=True, capture_output=True, cwd=self.dir)
+
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=lbsplit test CA",
+            "-keyout", "ca.key", "-out", "ca.pem")
+        for name, extension in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"),
+                                ("client", "extendedKeyUsage=clientAuth")):
+            (self.dir / f"{name}.ext").write_text(extension + "\n")
+            run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=lbsplit test {name}",
+                "-keyout", f"{name}.key", "-out", f"{name}.csr")
+            run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+
+
 class EtcdProcess:
     """A throwaway single-node etcd on loopback (own data dir, free ports) that can stop and start again."""
 
-    def __init__(self, root: Path, binary: str | None = None):
+    def __init__(self, root: Path, binary: str | None = None, tls: "TlsFiles | None" = None):
         self.binary = binary or shutil.which("etcd") or "etcd"
         self.data = Path(root) / "etcd"
         self.client, self.peer = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.client}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.client}"
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 20) -> None:
         from ..fleet.store import Etcd, StoreUnavailable
 
         peer = f"http://127.0.0.1:{self.peer}"
+        tls_args = [] if self.tls is None else [
+            "--cert-file", str(self.tls.server_cert), "--key-file", str(self.tls.server_key),
+            "--client-cert-auth", "--trusted-ca-file", str(self.tls.ca)]
         self.proc = subprocess.Popen(
             [self.binary, "--data-dir", str(self.data), "--name", "default", "--listen-client-urls", self.url,
              "--advertise-client-urls", self.url, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", f"default={peer}"],
+             "--initial-cluster", f"default={peer}", *tls_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        store = Etcd((self.url,), timeout=2)
+        store = Etcd((self.url,), timeout=2) if self.tls is None else \
+            Etcd((self.url,), timeout=2, ca_file=self.tls.ca, cert=(self.tls.client_cert, self.tls.client_key))
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -57,6 +57,8 @@ class Etcd:
         self.endpoints = tuple(e.rstrip("/") for e in endpoints)
         self.timeout = timeout
         self._session = session
+        # Given with every request: requests lets $REQUESTS_CA_BUNDLE / $CURL_CA_BUNDLE override a
+        # Session's own `verify`, which would drop fleet.ca_file on hosts that set them.
         self._tls = {"verify": str(ca_file) if ca_file else True, "cert": tuple(map(str, cert)) if cert else None}
         self._credentials = (user, password) if user else None
 
@@ -73,8 +75,6 @@ class Etcd:
             import requests  # only the fleet commands pay for it
 
             self._session = requests.Session()
-            self._session.verify = self._tls["verify"]
-            self._session.cert = self._tls["cert"]
             if self._credentials:
                 try:
                     self._authenticate()
@@ -104,7 +104,7 @@ class Etcd:
                 self._authenticate()  # the token expired (or etcd restarted): once more with a new one
         for endpoint in self.endpoints:
             try:
-                response = session.post(f"{endpoint}{path}", json=body, timeout=(self.timeout, self.timeout))
+                response = session.post(f"{endpoint}{path}", json=body, timeout=(self.timeout, self.timeout), **self._tls)
             except requests.RequestException as e:
                 problems.append(f"{redact(endpoint)}: {type(e).__name__}")
                 continue
@@ -168,7 +168,7 @@ class Etcd:
         for endpoint in self.endpoints:
             try:
                 response = self.session.post(f"{endpoint}/v3/watch", json={"create_request": {"key": _b64(key)}},
-                                             stream=True, timeout=(self.timeout, None))
+                                             stream=True, timeout=(self.timeout, None), **self._tls)
             except requests.RequestException as e:
                 problems.append(f"{redact(endpoint)}: {type(e).__name__}")
                 continue
