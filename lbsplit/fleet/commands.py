@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import json
 import signal
+import threading
 import time
 from dataclasses import dataclass, replace
 
@@ -53,10 +54,10 @@ def store_for(settings: Settings) -> tuple[Etcd, str, float]:
     return Etcd.for_fleet(fleet), fleet.prefix, fleet.apply_timeout
 
 
-def hosts(store: Etcd, prefix: str) -> list[Host]:
-    alive = {e.key.rsplit("/", 1)[1] for e in store.prefix(f"{prefix}/alive/")}
+def _hosts(alive_entries, report_entries) -> list[Host]:
+    alive = {e.key.rsplit("/", 1)[1] for e in alive_entries}
     reports = {}
-    for e in store.prefix(f"{prefix}/hosts/"):
+    for e in report_entries:
         try:
             reports[e.key.rsplit("/", 1)[1]] = Report.loads(e.value)
         except (ValueError, TypeError):
@@ -64,17 +65,69 @@ def hosts(store: Etcd, prefix: str) -> list[Host]:
     return [Host(name, name in alive, reports.get(name)) for name in sorted(alive | set(reports))]
 
 
+def hosts(store: Etcd, prefix: str) -> list[Host]:
+    (alive, reports), _ = store.read(f"{prefix}/alive/", f"{prefix}/hosts/")
+    return _hosts(alive, reports)
+
+
+def _desired(entries) -> tuple[Desired | None, int]:
+    return (Desired.loads(entries[0].value), entries[0].mod_revision) if entries else (None, 0)
+
+
 def current(store: Etcd, prefix: str) -> tuple[Desired | None, int]:
     entry = store.get(protocol.desired_key(prefix))
-    return (Desired.loads(entry.value) if entry else None), (entry.mod_revision if entry else 0)
+    return _desired([entry] if entry else [])
 
 
-def _wait(store: Etcd, prefix: str, names: list[str], desired_id: int, done, timeout: float):
-    """Wait until each named host is done with `desired_id` or failed it. Returns (done, failed, silent, dropped)."""
+def snapshot(store: Etcd, prefix: str) -> tuple[Desired | None, int, list[Host], int]:
+    """The desired state (and its mod revision), every host, and the store's revision: one round trip."""
+    (desired, alive, reports), revision = store.read(protocol.desired_key(prefix), f"{prefix}/alive/",
+                                                     f"{prefix}/hosts/")
+    return (*_desired(desired), _hosts(alive, reports), revision)
+
+
+class Waker:
+    """Wakes the waiting operator the moment anything under <prefix>/ changes: an etcd watch in a
+    thread, on connections of its own. When the stream cannot be held, the wait polls instead."""
+
+    FALLBACK = 0.25  # seconds between two reads even while the stream is up (a lost event costs no more)
+
+    def __init__(self, store: Etcd, prefix: str, revision: int):
+        self.event, self._stop, self.streaming = threading.Event(), threading.Event(), True
+        self._store = store.twin()
+        self._thread = threading.Thread(target=self._follow, args=(f"{prefix}/", revision + 1), daemon=True)
+        self._thread.start()
+
+    def _follow(self, key: str, start: int) -> None:
+        try:
+            for _ in self._store.watch(key, self._stop, start_revision=start):
+                self.event.set()
+        except LbsplitError:
+            pass
+        self.streaming = False
+
+    def wait(self, timeout: float) -> None:
+        if self.streaming:
+            self.event.wait(min(timeout, self.FALLBACK))
+        else:
+            time.sleep(min(timeout, WAIT_POLL))
+        self.event.clear()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._store.close()
+        self._thread.join(timeout=1.0)
+
+
+def _wait(store: Etcd, prefix: str, names: list[str], desired_id: int, done, timeout: float, waker: Waker):
+    """Wait until each named host is done with `desired_id` or failed it.
+
+    Returns (done, failed, silent, dropped, the hosts as last read)."""
     pending, ok, failed, dropped = set(names), [], {}, []
     deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        by_name = {h.name: h for h in hosts(store, prefix)}
+    while True:
+        all_hosts = hosts(store, prefix)
+        by_name = {h.name: h for h in all_hosts}
         for name in sorted(pending):
             host = by_name.get(name)
             if host is None or not host.alive:
@@ -90,9 +143,10 @@ def _wait(store: Etcd, prefix: str, names: list[str], desired_id: int, done, tim
             elif done(r):
                 ok.append(name)
                 pending.discard(name)
-        if pending:
-            time.sleep(WAIT_POLL)
-    return ok, failed, sorted(pending), dropped
+        left = deadline - time.monotonic()
+        if not pending or left <= 0:
+            return ok, failed, sorted(pending), dropped, all_hosts
+        waker.wait(left)
 
 
 def _error(failed: dict[str, str], silent: list[str], what: str, timeout: float) -> LbsplitError:
@@ -127,30 +181,41 @@ def change(settings: Settings, stage: Stage, command: str, reason: str = "", for
     """`apply`/`promote` with [fleet]: propose, wait for every live host, commit, wait; roll back on any failure."""
     store, prefix, timeout = store_for(settings)
     key = protocol.desired_key(prefix)
-    now_desired, revision = current(store, prefix)
+    now_desired, revision, all_hosts, at = snapshot(store, prefix)
     previous = now_desired.target if now_desired else Stage.off()
     if now_desired is not None and now_desired.phase == PROPOSED:
         if _age(now_desired) < timeout + STALE_AFTER:
             raise LockBusy(f"fleet change {now_desired.id} ({now_desired.target.describe()}) by {now_desired.by} since "
                            f"{now_desired.at} is still being proposed; wait for it (or `lbsplit revert`)")
         previous = protocol.stage_of(now_desired.previous)  # a proposal its command left behind: never committed
-    live = [h for h in hosts(store, prefix) if h.alive]
+    live = [h for h in all_hosts if h.alive]
     if not live:
         raise EnvironmentProblem(f"fleet: no live agent under {prefix}; run `lbsplit agent` on every load balancer")
     _check_digests(live)
     proposal = Desired(id=(now_desired.id if now_desired else 0) + 1, stage=protocol.stage_json(stage), phase=PROPOSED,
                        previous=protocol.stage_json(previous), command=command, by=actor(), at=now(), reason=reason,
                        force=force, strict=strict)
+    waker = Waker(store, prefix, at)
+    try:
+        return _propose_and_commit(store, prefix, key, timeout, revision, proposal, previous,
+                                   [h.name for h in live], waker)
+    finally:
+        waker.close()
+
+
+def _propose_and_commit(store: Etcd, prefix: str, key: str, timeout: float, revision: int, proposal: Desired,
+                        previous: Stage, names: list[str], waker: Waker) -> list[str]:
+    command, stage = proposal.command, proposal.target
     if not store.swap(key, proposal.dumps(), revision):
         winner, _ = current(store, prefix)
         raise LockBusy(f"another fleet change got there first: {winner.command if winner else '?'} "
                        f"({winner.target.describe() if winner else '?'}) by {winner.by if winner else '?'}; "
                        "nothing was changed by this command")
-    names = [h.name for h in live]
     back = replace(proposal, id=proposal.id + 1, stage=protocol.stage_json(previous), phase=COMMITTED,
                    previous=proposal.stage, command=f"abandon {command}", reason="a host refused the proposal")
     with timing.phase("fleet: proposal"), _withdrawn_if_interrupted(store, key, proposal, back):
-        _, failed, silent, _ = _wait(store, prefix, names, proposal.id, lambda r: r.ready_id == proposal.id, timeout)
+        _, failed, silent, _, _ = _wait(store, prefix, names, proposal.id, lambda r: r.ready_id == proposal.id,
+                                        timeout, waker)
     if failed or silent:
         _swap_or_report(store, key, proposal, back)
         _record(store, prefix, proposal, "refused", {**failed, **{n: "no answer" for n in silent}})
@@ -161,13 +226,13 @@ def change(settings: Settings, stage: Stage, command: str, reason: str = "", for
                        "nothing was committed by this command")
     done = lambda r: r.applied_id == committed.id and r.served  # noqa: E731
     with timing.phase("fleet: commit"):
-        ok, failed, silent, dropped = _wait(store, prefix, names, committed.id, done, timeout)
+        ok, failed, silent, dropped, last = _wait(store, prefix, names, committed.id, done, timeout, waker)
     if failed or silent:
         back = Desired(id=committed.id + 1, stage=protocol.stage_json(previous), phase=COMMITTED,
                        previous=committed.stage, command=f"rollback {command}", by=actor(), at=now(),
                        reason=f"change {committed.id} failed on {', '.join([*failed, *silent])}")
         _swap_or_report(store, key, committed, back)
-        _wait(store, prefix, names, back.id, lambda r: r.applied_id == back.id, timeout)
+        _wait(store, prefix, names, back.id, lambda r: r.applied_id == back.id, timeout, waker)
         _record(store, prefix, committed, "failed, rolled back",
                 {**{n: "served" for n in ok}, **failed, **{n: "no answer" for n in silent}})
         _record(store, prefix, back, "rollback", {})
@@ -175,7 +240,7 @@ def change(settings: Settings, stage: Stage, command: str, reason: str = "", for
     _record(store, prefix, committed, "served by every live host",
             {**{n: "served" for n in ok}, **{n: "dropped out (lease expired)" for n in dropped}})
     return [f"fleet change {committed.id}: v2 {stage.describe()} served by {len(ok)} of {len(names)} live hosts",
-            *table(hosts(store, prefix), committed)]
+            *table(last, committed)]
 
 
 STALE_AFTER = 10.0  # seconds past apply_timeout after which a proposal's command is taken to be gone
@@ -213,29 +278,30 @@ def _withdrawn_if_interrupted(store: Etcd, key: str, proposal: Desired, back: De
 
 def _swap_or_report(store: Etcd, key: str, expected: Desired, new: Desired) -> bool:
     """Replace `expected` with `new` only if the desired state is still `expected`."""
-    entry = store.get(key)
-    if entry is None or Desired.loads(entry.value) != expected:
-        return False
-    return store.swap(key, new.dumps(), entry.mod_revision)
+    return store.swap_value(key, expected.dumps(), new.dumps())
 
 
 def revert(settings: Settings, reason: str = "") -> list[str]:
     """`revert` with [fleet]: one write that every agent applies; then wait for the live hosts (for the table)."""
     store, prefix, timeout = store_for(settings)
     key = protocol.desired_key(prefix)
-    now_desired, _ = current(store, prefix)
+    now_desired, _, all_hosts, at = snapshot(store, prefix)
     previous = now_desired.target if now_desired else Stage.off()
     off = Desired(id=(now_desired.id if now_desired else 0) + 1, stage=protocol.stage_json(Stage.off()),
                   phase=COMMITTED, previous=protocol.stage_json(previous), command="revert", by=actor(), at=now(),
                   reason=reason)
-    store.put(key, off.dumps())
-    names = [h.name for h in hosts(store, prefix) if h.alive]
-    ok, failed, silent, dropped = _wait(store, prefix, names, off.id,
-                                        lambda r: r.applied_id == off.id and r.served or bool(r.override), timeout)
+    waker = Waker(store, prefix, at)
+    try:
+        store.put(key, off.dumps())
+        names = [h.name for h in all_hosts if h.alive]
+        ok, failed, silent, dropped, last = _wait(
+            store, prefix, names, off.id, lambda r: r.applied_id == off.id and r.served or bool(r.override), timeout,
+            waker)
+    finally:
+        waker.close()
     _record(store, prefix, off, "reverted" if not failed and not silent else "reverted, some hosts failed",
             {**{n: "served" for n in ok}, **failed, **{n: "no answer" for n in silent}})
-    lines = [f"fleet change {off.id}: v2 off, served by {len(ok)} of {len(names)} live hosts",
-             *table(hosts(store, prefix), off)]
+    lines = [f"fleet change {off.id}: v2 off, served by {len(ok)} of {len(names)} live hosts", *table(last, off)]
     if failed or silent:
         raise ReloadFailed("\n".join(lines) + "\nfleet revert did not complete on "
                            f"{', '.join([*failed, *silent])}; run `lbsplit revert --local` there")
@@ -263,8 +329,6 @@ class Leadership:
 
     def acquire(self) -> str | None:
         """None when this host now leads; else the leader's name."""
-        import threading
-
         key = protocol.watchdog_key(self.prefix)
         lease = self.store.grant(self.ttl)
         if not self.store.swap(key, self.host, 0, lease=lease):
