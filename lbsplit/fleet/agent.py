@@ -220,7 +220,7 @@ class Agent:
             self.log(f"keeping the previous config: {e}")
 
     def _validate(self, desired: Desired) -> None:
-        self._reload_settings()
+        self._reload_settings_if_changed()
         stage = desired.target
         try:
             prepared = plan(self.settings, stage)
@@ -244,7 +244,7 @@ class Agent:
         self._publish(replace(self.report, ready_id=desired.id, error=None, seen=self.clock()))
 
     def _apply(self, desired: Desired) -> None:
-        self._reload_settings()
+        self._reload_settings_if_changed()
         stage = desired.target
         reason = f"fleet change {desired.id} by {desired.by}" + (f": {desired.reason}" if desired.reason else "")
         try:

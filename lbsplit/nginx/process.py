@@ -143,6 +143,9 @@ def _clean(stderr: str) -> str:
     return "\n".join(line for line in stderr.strip().splitlines() if line.strip()) or "(nginx printed nothing)"
 
 
+_PID_FILES: dict[tuple, Path] = {}  # (nginx.conf, its stat, prefix, binary) -> the pid file it names
+
+
 class Nginx:
     """One nginx installation as the config describes it."""
 
@@ -236,6 +239,20 @@ class Nginx:
     def _find_pid_file(self) -> Path:
         if self.settings.pid_file is not None:
             return self.settings.pid_file
+        try:
+            st = self.settings.conf.stat()
+            seen = (str(self.settings.conf), st.st_mtime_ns, st.st_size, st.st_ino, self.settings.prefix,
+                    self.settings.binary)
+        except OSError:
+            seen = None
+        if seen is not None and seen in _PID_FILES:
+            return _PID_FILES[seen]  # a long-lived process (the fleet agent) parses an unchanged nginx.conf once
+        found = self._parse_pid_file()
+        if seen is not None:
+            _PID_FILES[seen] = found
+        return found
+
+    def _parse_pid_file(self) -> Path:
         import crossplane  # only when the pid file is not configured
 
         prefix = self.settings.prefix or Path(self.compiled_defaults().get("prefix", "/usr/share/nginx"))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,14 +91,19 @@ class Plan:
         return inputs, fills
 
     @functools.cached_property
-    def _template(self) -> str:
-        skeleton, fills = self._skeleton
+    def _unfilled(self) -> str:
+        skeleton, _ = self._skeleton
         text = self.cache.get(skeleton) if self.cache else None
         if text is None:
             text = render(skeleton)
             if self.cache:
                 self.cache.put(skeleton, text)
-        for marker, value in fills.items():
+        return text
+
+    @functools.cached_property
+    def _template(self) -> str:
+        text = self._unfilled
+        for marker, value in self._skeleton[1].items():
             text = text.replace(marker, value)
         return text
 
@@ -115,10 +122,25 @@ class Plan:
         return self._template.replace(GENERATION_MARKER, str(generation))
 
     def checked_text(self, generation: int) -> str:
-        """The text, parsed back and checked for shape: what apply installs."""
+        """The text, parsed back and checked for shape: what apply installs.
+
+        A long-lived process (the fleet agent) parses each shape once: texts from the same
+        skeleton text whose fills differ only in numbers (generation, percentage, sizes) have
+        the same structure.
+        """
         text = self.text(generation)
-        check_structure(text, len(self.inputs.whitelist), include=self.inputs.include is not None)
+        _, fills = self._skeleton
+        shape = (hashlib.sha256(self._unfilled.encode("utf-8", "surrogatepass")).digest(),
+                 tuple(v for v in fills.values() if not _NUMBER.fullmatch(v)),
+                 len(self.inputs.whitelist), self.inputs.include is not None)
+        if shape not in _SHAPES_CHECKED:
+            check_structure(text, len(self.inputs.whitelist), include=self.inputs.include is not None)
+            _SHAPES_CHECKED.add(shape)
         return text
+
+
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_SHAPES_CHECKED: set[tuple] = set()  # in this process: skeleton shapes whose filled texts passed check_structure
 
 
 def whitelist_dir(settings: Settings) -> Path:
