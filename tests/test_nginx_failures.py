@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -271,3 +272,21 @@ def test_the_masters_children_are_the_same_read_either_way(sandbox):
         time.sleep(0.05)
     after = Nginx.worker_pids(master)
     assert after and not after & fast and after == Nginx.children_by_scan(master)
+
+
+def test_the_pid_file_is_read_from_nginx_conf_again_whenever_it_changes(tmp_path):
+    # Remembered per process for the fleet agent, keyed by nginx.conf's stat: an edit is seen.
+    from lbsplit.config import NginxSettings
+    from lbsplit.nginx.process import Nginx
+
+    conf = tmp_path / "nginx.conf"
+    settings = NginxSettings(binary="/bin/true", conf=conf, prefix=tmp_path, output_dir=tmp_path, reload_command=(),
+                             status_listen="127.0.0.1:9181", verify_timeout=5, pid_file=None)
+    conf.write_text("pid run/a.pid;\nevents {}\n")
+    assert Nginx(settings).pid_file() == tmp_path / "run/a.pid"
+    assert Nginx(settings).pid_file() == tmp_path / "run/a.pid"
+    conf.write_text("pid /elsewhere/b.pid;\nevents {}\n")
+    assert Nginx(settings).pid_file() == Path("/elsewhere/b.pid")
+    conf.write_text("pid /elsewhere/c.pid;\nevents {}\n")  # the same size
+    os.utime(conf, ns=(1, 10**18))
+    assert Nginx(settings).pid_file() == Path("/elsewhere/c.pid")

@@ -85,3 +85,25 @@ def test_no_marker_survives_into_a_text(tmp_path):
     config = write_config(tmp_path, ids=LARGE)
     for stage in (Stage.off(), Stage.at(2500), Stage.at(10000)):
         assert "\0" not in planning.plan(load(config), stage, remember=True).text(3)
+
+
+def test_a_long_lived_process_checks_each_shape_once_and_every_new_shape(tmp_path, monkeypatch):
+    # The fleet agent asks for checked_text at every proposal and commit: texts that differ only
+    # in numbers (generation, percentage) are parsed once; another skeleton text, or a cached
+    # skeleton someone changed, is parsed again.
+    checked = []
+    real = planning.check_structure
+    monkeypatch.setattr(planning, "check_structure", lambda text, *a, **k: (checked.append(text), real(text, *a, **k)))
+    monkeypatch.setattr(planning, "_SHAPES_CHECKED", set())
+    settings = load(write_config(tmp_path, ids=SMALL))
+    for hundredths, generation in ((1000, 5), (3000, 6), (1050, 7)):
+        planning.plan(settings, Stage.at(hundredths), remember=True).checked_text(generation)
+    assert len(checked) == 1
+    planning.plan(settings, Stage.off(), remember=True).checked_text(8)
+    assert len(checked) == 2  # the revert config is another shape
+    prepared = planning.plan(settings, Stage.at(2000), remember=True)
+    # a cached skeleton someone changed: an extra top-level directive
+    prepared.__dict__["_unfilled"] = prepared._unfilled + "\nworker_connections 10;\n"
+    with pytest.raises(dialect.StructureError, match="unexpected top-level directives"):
+        prepared.checked_text(9)
+    assert len(checked) == 3
