@@ -89,13 +89,25 @@ def _fleet(r: dict) -> list[str]:
         "reloads) until it returns, i.e. until every host reports serving the change; *fleet revert* likewise.",
         "Next to it, in alternating rounds while the agents run, the same config on one host without",
         "[fleet]. Medians. All n load balancers (n nginx masters reloading at once, n agents) share this",
-        "machine's cores, which a real fleet of separate hosts does not.",
+        "machine's cores, which a real fleet of separate hosts does not. *proposal* and *commit* are the",
+        "fleet apply's two phases as the command timed them (every live agent ready; every live agent",
+        "serving); *agents' CPU* is what all n agents together spent per fleet command (their `nginx -t`",
+        "children included), read from /proc.",
         "",
-        "| hosts | fleet apply | single-host apply | ratio | fleet revert | single-host revert |",
-        "|---|---|---|---|---|---|",
     ]
-    out += [f"| {row['hosts']} | {row['fleet_apply']:.3f} s | {row['single_apply']:.3f} s | {row['apply_ratio']:.2f}x | "
-            f"{row['fleet_revert']:.3f} s | {row['single_revert']:.3f} s |" for row in f["rows"]]
+    if "commit" in f["rows"][0]:
+        out += ["| hosts | fleet apply | single-host apply | ratio | proposal | commit | agents' CPU | fleet revert "
+                "| single-host revert |", "|---|---|---|---|---|---|---|---|---|"]
+        out += [f"| {row['hosts']} | {row['fleet_apply']:.3f} s | {row['single_apply']:.3f} s | "
+                f"{row['apply_ratio']:.2f}x | {row['proposal']:.3f} s | {row['commit']:.3f} s | "
+                f"{row['agents_cpu_per_change']:.3f} s | {row['fleet_revert']:.3f} s | {row['single_revert']:.3f} s |"
+                for row in f["rows"]]
+    else:
+        out += ["| hosts | fleet apply | single-host apply | ratio | fleet revert | single-host revert |",
+                "|---|---|---|---|---|---|"]
+        out += [f"| {row['hosts']} | {row['fleet_apply']:.3f} s | {row['single_apply']:.3f} s | "
+                f"{row['apply_ratio']:.2f}x | {row['fleet_revert']:.3f} s | {row['single_revert']:.3f} s |"
+                for row in f["rows"]]
     biggest = max(f["rows"], key=lambda row: row["hosts"])
     out += [
         "",
@@ -105,6 +117,16 @@ def _fleet(r: dict) -> list[str]:
         + ", ".join(f"{row['apply_ratio']:.2f}x at {row['hosts']}" for row in f["rows"]) + " hosts).",
         "",
     ]
+    if "agents_cpu_per_change" in biggest:
+        cores = (r.get("measured", {}).get("fleet") or {}).get("cores") or r["machine"].get("cores") or 1
+        out += [
+            f"Where the time goes at {biggest['hosts']} hosts: the agents alone spent {biggest['agents_cpu_per_change']:.3f} s "
+            f"of CPU per change, at least {biggest['agents_cpu_per_change'] / cores:.3f} s of wall time on {cores} "
+            f"cores even if perfectly parallel, next to {biggest['hosts']} nginx reloads and etcd on the same cores; "
+            f"the commit phase took {biggest['commit']:.3f} s against {f['rows'][0]['commit']:.3f} s at "
+            f"{f['rows'][0]['hosts']} host(s). On separate machines each host's share would run in parallel.",
+            "",
+        ]
     return out
 
 

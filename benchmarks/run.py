@@ -475,6 +475,12 @@ def lua_runtime(root: Path, sizes: list[int], repeats: dict[int, int], changes: 
 
 
 # ---------------------------------------------------------------- 8. fleet mode
+def _cpu_seconds(pid: int) -> float:
+    """user + system CPU of a process and its waited-for children, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def fleet_times(root: Path, sizes: list[int], repeats: int) -> None:
     """Fleet apply and revert (command start to every host serving) for n load balancers, next to a
     single-host apply and revert of the same config, measured alternately while the agents run."""
@@ -503,12 +509,14 @@ def fleet_times(root: Path, sizes: list[int], repeats: int) -> None:
                                                    cwd=LBSPLIT_CWD["dir"]))
                 time.sleep(2)  # every agent registered
                 times = {"fleet_apply": [], "fleet_revert": [], "single_apply": [], "single_revert": []}
+                phases = root / f"fleet-{n}" / "phases.jsonl"
+                cpu_before = sum(_cpu_seconds(p.pid) for p in agents)
                 for i in range(repeats):
                     order = [("fleet", boxes[0]), ("single", single)]
                     for kind, sb in order if i % 2 == 0 else reversed(order):
                         for action in (("apply", "10"), ("revert",)):
                             started = time.monotonic()
-                            out = lbsplit(sb, *action)
+                            out = lbsplit(sb, *action, env={"LBSPLIT_TIMINGS": str(phases)} if kind == "fleet" else None)
                             took = time.monotonic() - started
                             if kind == "fleet" and f"served by {n} of {n} live hosts" not in out.stdout:
                                 raise RuntimeError(f"fleet {action[0]} did not reach every host: {out.stdout}")
@@ -516,6 +524,12 @@ def fleet_times(root: Path, sizes: list[int], repeats: int) -> None:
                             time.sleep(0.3)
                 row = {"hosts": n, "repeats": repeats, **{k: statistics.median(v) for k, v in times.items()}}
                 row["apply_ratio"] = row["fleet_apply"] / row["single_apply"]
+                # every agent's CPU (nginx -t children included) per fleet command, summed over the hosts
+                row["agents_cpu_per_change"] = (sum(_cpu_seconds(p.pid) for p in agents) - cpu_before) / (2 * repeats)
+                split = [json.loads(line) for line in phases.read_text().splitlines()]
+                split = [r for r in split if "fleet: commit" in r]
+                row["proposal"] = statistics.median(r["fleet: proposal"] for r in split)
+                row["commit"] = statistics.median(r["fleet: commit"] for r in split)
                 rows.append(row)
                 log(f"fleet {n} hosts: apply {row['fleet_apply']:.3f}s (single {row['single_apply']:.3f}s, "
                     f"{row['apply_ratio']:.2f}x), revert {row['fleet_revert']:.3f}s (single {row['single_revert']:.3f}s)")
