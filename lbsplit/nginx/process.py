@@ -143,6 +143,7 @@ def _clean(stderr: str) -> str:
     return "\n".join(line for line in stderr.strip().splitlines() if line.strip()) or "(nginx printed nothing)"
 
 
+_SERVED_AFTER: dict[str, float] = {}  # nginx.conf -> seconds its last reload took to be served, in this process
 _PID_FILES: dict[tuple, Path] = {}  # (nginx.conf, its stat, prefix, binary) -> the pid file it names
 
 
@@ -427,16 +428,28 @@ class Nginx:
         return answer.get("generation") if isinstance(answer, dict) else None
 
     def wait_serving(self, generation: int, old_workers: set[int], timeout: float) -> bool:
-        """Wait until new connections can only reach the config of `generation`."""
+        """Wait until new connections can only reach the config of `generation`.
+
+        It asks every 5 ms. A long-lived process (the fleet agent) remembers how long this nginx
+        took last time and does not ask during the first 70% of that (at most 0.1 s): with ten
+        agents on one machine, their knocking took CPU from the reloads they waited for.
+        """
         started = time.monotonic()
         deadline = started + timeout
         told = False
+        learned = _SERVED_AFTER.get(str(self.settings.conf))
         while True:
             if self.serving_generation() == generation and not self.still_accepting(old_workers):
+                _SERVED_AFTER[str(self.settings.conf)] = time.monotonic() - started
                 return True
             if not told and time.monotonic() - started > progress.AFTER:
                 progress.say(f"waiting for nginx to serve generation {generation} (up to {timeout:g}s)")
                 told = True
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline:
                 return False
-            time.sleep(0.005)
+            if learned:  # at most 0.1 s: a reload that got much faster (a smaller whitelist) costs little
+                time.sleep(min(0.7 * learned, 0.1, deadline - now))
+                learned = None
+            else:
+                time.sleep(0.005)
