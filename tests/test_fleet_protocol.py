@@ -25,3 +25,77 @@ def test_the_digest_changes_with_everything_that_decides_a_users_variant():
         changed[i] = other
         digests.add(split_digest(*changed))
     assert len(digests) == 5
+
+
+
+def _returns(call, within: float = 10.0) -> float:
+    """How long `call` took; fails if it has not returned within `within` seconds (a hang, not a timing)."""
+    import threading
+    import time as clock
+
+    took = []
+    thread = threading.Thread(target=lambda: (lambda t0: (call(), took.append(clock.monotonic() - t0)))(clock.monotonic()))
+    thread.start()
+    thread.join(within)
+    assert not thread.is_alive(), "the wait did not return"
+    return took[0]
+
+
+def test_the_operators_wait_polls_when_the_watch_stream_cannot_be_held(monkeypatch):
+    # The Waker's watch failing (etcd refusing streams, a proxy in between) must not hang the
+    # operator: the wait falls back to reading every WAIT_POLL seconds.
+    import time as clock
+
+    from lbsplit.fleet import commands
+    from lbsplit.fleet.store import StoreUnavailable
+
+    class NoStreams:
+        def twin(self):
+            return self
+
+        def watch(self, key, stop, start_revision=0):
+            raise StoreUnavailable("etcd watch of /p/ ended (stream closed)")
+            yield  # pragma: no cover
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(commands.Waker, "FALLBACK", 3600.0)  # only the polling fallback can end a wait
+    waker = commands.Waker(NoStreams(), "/p", 41)
+    deadline = clock.monotonic() + 10
+    while waker.streaming and clock.monotonic() < deadline:
+        clock.sleep(0.01)
+    assert waker.streaming is False
+    assert _returns(lambda: waker.wait(3600.0)) >= commands.WAIT_POLL * 0.9
+    waker.close()
+
+
+def test_the_operators_wait_wakes_on_a_change_and_reads_again_after_the_fallback_without_one(monkeypatch):
+    import threading
+
+    from lbsplit.fleet import commands
+
+    class OneEvent:
+        def __init__(self):
+            self.release = threading.Event()
+
+        def twin(self):
+            return self
+
+        def watch(self, key, stop, start_revision=0):
+            assert key == "/p/" and start_revision == 42  # everything under the prefix since the snapshot
+            self.release.wait(30)
+            yield 43
+            stop.wait(30)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(commands.Waker, "FALLBACK", 0.3)
+    store = OneEvent()
+    waker = commands.Waker(store, "/p", 41)
+    assert _returns(lambda: waker.wait(3600.0)) >= 0.27  # nothing changed: read again after FALLBACK
+    monkeypatch.setattr(commands.Waker, "FALLBACK", 3600.0)  # now only the event can end the wait
+    threading.Timer(0.05, store.release.set).start()
+    _returns(lambda: waker.wait(3600.0))
+    waker.close()

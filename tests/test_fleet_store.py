@@ -203,3 +203,24 @@ key_file = "{tls.client_key}"
             Etcd((server.url.replace("https", "http"),), timeout=2).get("/lbsplit/tls/x")
     finally:
         server.stop()
+
+
+def test_a_kept_alive_connection_etcd_dropped_is_replaced_without_an_error(tmp_path):
+    # The store keeps one connection per endpoint; etcd restarting (same port) leaves it dead.
+    # The next call notices the stale connection, opens a new one and succeeds.
+    from lbsplit.demo.sandbox import EtcdProcess
+
+    server = EtcdProcess(tmp_path)
+    server.start()
+    try:
+        store = Etcd((server.url,), timeout=2)
+        store.put("/lbsplit/t5/k", "before")
+        kept = store._local.connections[store.endpoints[0]]
+        server.stop()
+        server.start()
+        assert store.get("/lbsplit/t5/k").value == "before"
+        assert store._local.connections[store.endpoints[0]] is not kept  # a new connection carried it
+        store.put("/lbsplit/t5/k", "after")
+        assert store.get("/lbsplit/t5/k").value == "after"
+    finally:
+        server.stop()
