@@ -224,3 +224,25 @@ def test_a_kept_alive_connection_etcd_dropped_is_replaced_without_an_error(tmp_p
         assert store.get("/lbsplit/t5/k").value == "after"
     finally:
         server.stop()
+
+
+def test_close_ends_a_watch_that_another_thread_holds_open(etcd):
+    # The operator's Waker ends its stream this way; a watch on a quiet key would block forever.
+    watcher = etcd.twin()
+    ended = []
+
+    def follow():
+        try:
+            for _ in watcher.watch("/lbsplit/t6/quiet/", threading.Event()):
+                pass
+        except StoreUnavailable as e:
+            ended.append(str(e))
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    time.sleep(0.5)  # the stream is open and quiet
+    assert thread.is_alive()
+    watcher.close()
+    thread.join(timeout=10)
+    assert not thread.is_alive() and ended and "watch of /lbsplit/t6/quiet/ ended" in ended[0]
+    assert etcd.put("/lbsplit/t6/other", "1") > 0  # the original client is untouched

@@ -106,7 +106,7 @@ class Etcd:
         self._credentials = (user, password) if user else None
         self._token: str | None = None
         self._local = threading.local()  # this thread's open connections, by endpoint
-        self._streams: set[http.client.HTTPConnection] = set()  # open watch streams, for close()
+        self._streams: set[socket.socket] = set()  # the sockets of open watch streams, for close()
 
     @classmethod
     def for_fleet(cls, fleet, timeout: float = 5.0) -> "Etcd":
@@ -195,10 +195,9 @@ class Etcd:
         """Close this thread's connections and every open watch stream (a watching thread then ends)."""
         for conn in self._local.__dict__.pop("connections", {}).values():
             conn.close()
-        for conn in list(self._streams):
+        for sock in list(self._streams):
             try:
-                if conn.sock is not None:
-                    conn.sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
 
@@ -280,18 +279,19 @@ class Etcd:
             self._authenticate()
         problems = []
         for target in self._targets:
-            conn = target.connect(self.timeout)
-            self._streams.add(conn)
+            conn, sock = target.connect(self.timeout), None
             try:
                 conn.request("POST", target.base + "/v3/watch", body=json.dumps({"create_request": request}),
                              headers=self._headers())
+                sock = conn.sock  # kept: a response that will close takes the socket from the connection
+                self._streams.add(sock)
                 response = conn.getresponse()
                 if response.status != 200:
                     problems.append(f"{redact(target.url)}: HTTP {response.status}")
                     if self._credentials:
                         self._token = None  # an expired token: the caller's next watch gets a new one
                     continue
-                conn.sock.settimeout(None)  # a quiet key is not a dead stream
+                sock.settimeout(None)  # a quiet key is not a dead stream
                 while not stop.is_set():
                     line = response.readline()
                     if not line:
@@ -314,7 +314,7 @@ class Etcd:
             except (OSError, http.client.HTTPException, ValueError) as e:
                 problems.append(f"{redact(target.url)}: {_why(e)}")
             finally:
-                self._streams.discard(conn)
+                self._streams.discard(sock)
                 conn.close()
             if stop.is_set():
                 return
