@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -21,10 +22,39 @@ from ..rollout.transaction import lua_modules
 from ..resources import snippets_dir
 
 
+PORT_FLOOR = 20000  # free_port() picks from here up to the kernel's ephemeral range
+_handed_out: set[int] = set()
+_pick = random.SystemRandom()  # not the global generator, which tests may seed
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free on 127.0.0.1 now, below the kernel's ephemeral range and never handed out twice.
+
+    Outgoing connections take their local ports from the ephemeral range, so a port picked there
+    (the kernel's choice for bind(0)) can be taken by a client between this pick and the server's
+    bind; below the range only another server can take it.
+    """
+    high = _ephemeral_low()
+    for _ in range(500):
+        port = _pick.randrange(PORT_FLOOR, high) if high - PORT_FLOOR >= 1000 else 0
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = s.getsockname()[1]
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port found on 127.0.0.1")
 
 
 def nginx_binary() -> str | None:

@@ -1,0 +1,40 @@
+"""The sandbox's own helpers, which every nginx and etcd test relies on."""
+
+import socket
+
+import pytest
+
+import lbsplit.demo.sandbox as sandbox
+from lbsplit.demo.sandbox import PORT_FLOOR, _ephemeral_low, free_port
+
+
+def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range():
+    # A client's outgoing connection takes its local port from the ephemeral range; a server port
+    # picked there could be taken between the pick and nginx's bind ("Address already in use").
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    if _ephemeral_low() - PORT_FLOOR >= 1000:
+        assert all(PORT_FLOOR <= p < _ephemeral_low() for p in ports)
+    for port in ports[:20]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", port))
+
+
+def test_a_port_another_server_holds_is_skipped(monkeypatch):
+    if _ephemeral_low() - PORT_FLOOR < 1000:
+        pytest.skip("this kernel's ephemeral range starts too low: free_port() lets the kernel pick")
+    held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with held:
+        port = next(p for p in range(PORT_FLOOR + 7000, PORT_FLOOR + 9000) if _binds(held, p))
+        held.listen()
+        picks = iter([port, port, *range(port + 1, port + 100)])
+        monkeypatch.setattr(sandbox, "_pick", type("Picks", (), {"randrange": lambda self, a, b: next(picks)})())
+        assert port < free_port() < port + 100
+
+
+def _binds(sock: socket.socket, port: int) -> bool:
+    try:
+        sock.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
