@@ -6,6 +6,7 @@ config; traffic goes through every load balancer's nginx.
 """
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -38,10 +39,14 @@ class Fleet:
         self.boxes = [Sandbox(root / f"lb-{i}", binary=nginx_bin, nginx_dir=REPO / "nginx", lua=lua)
                       for i in range(size)]
         self.agents: dict[int, subprocess.Popen] = {}
-        for i, sb in enumerate(self.boxes):
-            self.configure(i)
-            assert run_cli(sb.config_path, "init").returncode == 0
-            sb.start()
+        try:
+            for i, sb in enumerate(self.boxes):
+                self.configure(i)
+                assert run_cli(sb.config_path, "init").returncode == 0
+                sb.start()
+        except BaseException:
+            self.stop()  # the load balancers already started must not outlive a failed set-up
+            raise
 
     def configure(self, i: int, extra: str = "", nginx_extra: str = "", health: str = "", v2=None) -> None:
         sb = self.boxes[i]
@@ -167,14 +172,21 @@ def test_a_dead_agent_is_shown_and_converges_when_it_comes_back(fleet):
     assert fleet.cli(0, "status").returncode == 0
 
 
-def test_two_operators_racing_exactly_one_wins(fleet):
+def test_two_operators_racing_exactly_one_wins(fleet, tmp_path):
     assert fleet.cli(0, "apply", "10").returncode == 0
+    # Both commands read the fleet's state, then wait at a barrier before their compare-and-swap, so
+    # they really overlap (started freely, the second may begin after the first has finished).
+    barrier = tmp_path / "go"
+    env = {**os.environ, "LBSPLIT_FAILPOINT": f"before-propose:wait={barrier}"}
     argv = lambda i, p: [sys.executable, "-m", "lbsplit", "--config", str(fleet.boxes[i].config_path), "apply", p]  # noqa: E731
-    a = subprocess.Popen(argv(0, "30"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    b = subprocess.Popen(argv(1, "50"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    a = subprocess.Popen(argv(0, "30"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    b = subprocess.Popen(argv(1, "50"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    fleet.wait(lambda: len(list(tmp_path.glob("go.*"))) == 2, "both operators at the barrier", timeout=60)
+    barrier.touch()
     results = [(p.wait(timeout=120), p.stderr.read()) for p in (a, b)]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 5], results
+    assert "another fleet change got there first" in next(err for code, err in results if code == 5)
     winner = 30 if results[0][0] == 0 else 50
     assert [percent_of(fleet.served(i)) for i in range(3)] == [winner] * 3
     assert fleet.cli(2, "status").returncode == 0

@@ -31,7 +31,7 @@ from ..errors import (
     ReloadFailed,
 )
 from ..model import Stage
-from ..rollout.transaction import actor, now
+from ..rollout.transaction import actor, failpoint, now
 from . import protocol
 from .protocol import COMMITTED, PROPOSED, Desired, Report
 from .store import Etcd
@@ -206,6 +206,7 @@ def change(settings: Settings, stage: Stage, command: str, reason: str = "", for
 def _propose_and_commit(store: Etcd, prefix: str, key: str, timeout: float, revision: int, proposal: Desired,
                         previous: Stage, names: list[str], waker: Waker) -> list[str]:
     command, stage = proposal.command, proposal.target
+    failpoint("before-propose")  # the fleet read, the compare-and-swap not yet tried
     if not store.swap(key, proposal.dumps(), revision):
         winner, _ = current(store, prefix)
         raise LockBusy(f"another fleet change got there first: {winner.command if winner else '?'} "

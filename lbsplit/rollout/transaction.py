@@ -3,7 +3,8 @@
 Every mutating command (init, apply, revert, promote, the watchdog's revert, repair)
 goes through `Transaction`. Named failpoints let the crash tests stop it at each step
 on purpose: `LBSPLIT_FAILPOINT=after-swap:kill` makes the process SIGKILL itself right
-after the swap (actions: kill, term, raise).
+after the swap (actions: kill, term, raise; wait=PATH holds the process there until PATH exists,
+for tests that race two commands).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import getpass
 import hashlib
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -81,6 +83,14 @@ def failpoint(step: str) -> None:
         os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before the next line
     elif action == "raise":
         raise RuntimeError(f"failpoint {step}")
+    elif action.startswith("wait="):  # a barrier for race tests: say "here" (PATH.PID), go on once PATH exists
+        barrier = Path(action[len("wait="):])
+        Path(f"{barrier}.{os.getpid()}").touch()
+        deadline = time.monotonic() + 60
+        while not barrier.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"failpoint {step}: {barrier} did not appear within 60 s")
+            time.sleep(0.01)
 
 
 @dataclass
