@@ -5,7 +5,9 @@ import socket
 import pytest
 
 import lbsplit.demo.sandbox as sandbox
-from lbsplit.demo.sandbox import PORT_FLOOR, _ephemeral_low, free_port
+from conftest import REPO, run_cli
+from lbsplit.demo.sandbox import PORT_FLOOR, Sandbox, _ephemeral_low, free_port
+from lbsplit.nginx.process import is_alive
 
 
 def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range():
@@ -38,3 +40,17 @@ def _binds(sock: socket.socket, port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_a_front_that_cannot_bind_leaves_no_backend_running(tmp_path, nginx_bin):
+    sb = Sandbox(tmp_path / "sb", binary=nginx_bin, nginx_dir=REPO / "nginx")
+    sb.write_config()
+    assert run_cli(sb.config_path, "init").returncode == 0
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", sb.port))
+        squatter.listen()
+        with pytest.raises(RuntimeError, match="Address already in use"):
+            sb.start()
+    backend = sb.backends.pid()
+    assert backend is None or not is_alive(backend), "the backends outlived the failed start"
+    assert sb.front.pid() is None

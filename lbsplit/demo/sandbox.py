@@ -204,7 +204,11 @@ whitelist = {json.dumps(whitelist)}
 
     def start(self) -> None:
         self.backends.start(wait_port=self.v2_port)
-        self.front.start(wait_port=self.port)
+        try:
+            self.front.start(wait_port=self.port)
+        except BaseException:
+            self.backends.stop()  # a front that could not start leaves no backends behind
+            raise
 
     def stop(self) -> None:
         self.front.stop()
