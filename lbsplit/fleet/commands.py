@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import signal
 import threading
+import types
 import time
 from dataclasses import dataclass, replace
 
@@ -207,14 +208,18 @@ def _propose_and_commit(store: Etcd, prefix: str, key: str, timeout: float, revi
                         previous: Stage, names: list[str], waker: Waker) -> list[str]:
     command, stage = proposal.command, proposal.target
     failpoint("before-propose")  # the fleet read, the compare-and-swap not yet tried
-    if not store.swap(key, proposal.dumps(), revision):
-        winner, _ = current(store, prefix)
-        raise LockBusy(f"another fleet change got there first: {winner.command if winner else '?'} "
-                       f"({winner.target.describe() if winner else '?'}) by {winner.by if winner else '?'}; "
-                       "nothing was changed by this command")
     back = replace(proposal, id=proposal.id + 1, stage=protocol.stage_json(previous), phase=COMMITTED,
                    previous=proposal.stage, command=f"abandon {command}", reason="a host refused the proposal")
-    with timing.phase("fleet: proposal"), _withdrawn_if_interrupted(store, key, proposal, back):
+    # The guard is armed before the compare-and-swap: a signal that lands just after etcd took the proposal
+    # (before swap() returns) must still withdraw it, not kill the command with the proposal left behind.
+    with timing.phase("fleet: proposal"), _withdrawn_if_interrupted(store, key, proposal, back) as guard:
+        if not store.swap(key, proposal.dumps(), revision):
+            guard.lost = True  # the value there is someone else's: never "withdraw" it
+            winner, _ = current(store, prefix)
+            raise LockBusy(f"another fleet change got there first: {winner.command if winner else '?'} "
+                           f"({winner.target.describe() if winner else '?'}) by {winner.by if winner else '?'}; "
+                           "nothing was changed by this command")
+        failpoint("after-propose")  # the proposal is in etcd, no host has answered yet
         _, failed, silent, _, _ = _wait(store, prefix, names, proposal.id, lambda r: r.ready_id == proposal.id,
                                         timeout, waker)
     if failed or silent:
@@ -261,13 +266,17 @@ def _withdrawn_if_interrupted(store: Etcd, key: str, proposal: Desired, back: De
     def interrupt(signum, _frame):
         raise Interrupted(f"interrupted by {signal.Signals(signum).name}; the proposal was withdrawn, nothing changed")
 
+    guard = types.SimpleNamespace(lost=False)
     previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
     try:
-        yield
+        yield guard
     except BaseException:
+        if guard.lost:
+            raise
         for s in previous:
             signal.signal(s, signal.SIG_IGN)  # the withdrawal itself must not be interrupted
         try:
+            # Compare-and-swap on the proposal's own value: a no-op when etcd never took it.
             _swap_or_report(store, key, proposal, back)
         except LbsplitError:
             pass  # etcd away: the proposal goes stale and the next apply takes over
