@@ -105,15 +105,18 @@ def test_a_watch_yields_when_the_key_changes_and_stops_on_request(etcd):
     stop = threading.Event()
     seen = []
 
+    # Replayed from the revision after `base`, so a stream that opens late (a loaded machine) misses nothing.
+    base = etcd.put("/lbsplit/t9/other", "before the watch")
+
     def follow():
-        for revision in etcd.watch("/lbsplit/t9/desired", stop):
+        for revision in etcd.watch("/lbsplit/t9/desired", stop, start_revision=base + 1):
             seen.append(revision)
             if len(seen) == 2:
                 stop.set()
 
     thread = threading.Thread(target=follow)
     thread.start()
-    time.sleep(0.5)  # the stream is open
+    time.sleep(0.5)  # usually the stream is open by now: the changes below arrive live
     etcd.put("/lbsplit/t9/other", "not watched")
     first = etcd.put("/lbsplit/t9/desired", "10")
     second = etcd.put("/lbsplit/t9/desired", "30")
@@ -246,3 +249,28 @@ def test_close_ends_a_watch_that_another_thread_holds_open(etcd):
     thread.join(timeout=10)
     assert not thread.is_alive() and ended and "watch of /lbsplit/t6/quiet/ ended" in ended[0]
     assert etcd.put("/lbsplit/t6/other", "1") > 0  # the original client is untouched
+
+
+def test_close_ends_a_watch_that_had_not_opened_yet_and_never_moves_to_the_next_endpoint(etcd):
+    # Two endpoints (the same etcd twice): a stream shut by close() must end the watch, not fail over.
+    watcher = Etcd((etcd.endpoints[0], etcd.endpoints[0]), timeout=2)
+    ended = []
+
+    def follow():
+        try:
+            for _ in watcher.watch("/lbsplit/t10/quiet/", threading.Event()):
+                pass
+        except StoreUnavailable as e:
+            ended.append(str(e))
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    time.sleep(0.5)
+    watcher.close()
+    thread.join(timeout=10)
+    assert not thread.is_alive() and ended and "the client was closed" in ended[0], ended
+    closed_first = Etcd((etcd.endpoints[0],), timeout=2)
+    closed_first.close()  # before any watch: the next watch ends at once instead of blocking forever
+    with pytest.raises(StoreUnavailable, match="the client was closed"):
+        next(closed_first.watch("/lbsplit/t10/quiet/", threading.Event()))
+    assert closed_first.put("/lbsplit/t10/k", "1") > 0  # keys still work on a closed client

@@ -107,6 +107,7 @@ class Etcd:
         self._token: str | None = None
         self._local = threading.local()  # this thread's open connections, by endpoint
         self._streams: set[socket.socket] = set()  # the sockets of open watch streams, for close()
+        self._closed = False  # set by close(): no watch stream opens after it
 
     @classmethod
     def for_fleet(cls, fleet, timeout: float = 5.0) -> "Etcd":
@@ -118,7 +119,7 @@ class Etcd:
     def twin(self) -> "Etcd":
         """A client of the same cluster with connections of its own (for a watch that another thread ends)."""
         other = copy.copy(self)
-        other._local, other._streams = threading.local(), set()
+        other._local, other._streams, other._closed = threading.local(), set(), False
         return other
 
     # ---- transport
@@ -192,7 +193,11 @@ class Etcd:
                                "check fleet.etcd and that etcd runs")
 
     def close(self) -> None:
-        """Close this thread's connections and every open watch stream (a watching thread then ends)."""
+        """Close this thread's connections and every open watch stream (a watching thread then ends).
+
+        A watch still connecting when close() runs ends too: the flag is set before the streams are shut,
+        and a stream checks it after registering, so one of the two always sees the other."""
+        self._closed = True
         for conn in self._local.__dict__.pop("connections", {}).values():
             conn.close()
         for sock in list(self._streams):
@@ -279,12 +284,18 @@ class Etcd:
             self._authenticate()
         problems = []
         for target in self._targets:
+            if self._closed:
+                problems.append("the client was closed")
+                break
             conn, sock = target.connect(self.timeout), None
             try:
                 conn.request("POST", target.base + "/v3/watch", body=json.dumps({"create_request": request}),
                              headers=self._headers())
                 sock = conn.sock  # kept: a response that will close takes the socket from the connection
                 self._streams.add(sock)
+                if self._closed:  # close() ran before this stream was registered: it cannot shut it
+                    problems.append("the client was closed")
+                    break
                 response = conn.getresponse()
                 if response.status != 200:
                     problems.append(f"{redact(target.url)}: HTTP {response.status}")
