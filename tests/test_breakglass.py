@@ -225,13 +225,33 @@ def test_a_bad_access_log_line_is_skipped_and_counted_never_fatal(sandbox):
     assert ok(run_cli(sandbox.config_path, "report", "--json"))
 
 
+def _has_open(pid: int, path: str) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == path:
+                return True
+        except OSError:
+            pass
+    return False
+
+
 # 13. SIGINT while waiting for the lock: exit 130 with one line, nothing changed.
 def test_sigint_while_waiting_for_the_lock_is_130_with_one_line(sandbox):
     before = live(sandbox)
     with Lock(sandbox.state_dir / "lock", 0, "a test"):
         argv = [sys.executable, "-m", "lbsplit", "--config", str(sandbox.config_path), "apply", "10"]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.0)  # past Python's start-up: it waits for the lock now
+        # Signal only once it holds the lock file open (it is at the flock loop): a fixed sleep can land
+        # in Python's start-up on a loaded machine, where SIGINT is a traceback, not lbsplit's line.
+        lock = os.path.realpath(sandbox.state_dir / "lock")
+        deadline = time.monotonic() + 30
+        while not _has_open(proc.pid, lock):
+            assert proc.poll() is None and time.monotonic() < deadline, "the command never opened the lock"
+            time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
