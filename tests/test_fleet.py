@@ -236,13 +236,19 @@ HEALTH = "\n[health]\nurl = \"{url}\"\ntimeout = 1\nfailures_before_revert = 1\n
          "[[health.thresholds]]\nup_to_percent = 100\ncheck_every = 1\n"
 
 
-def test_watchdogs_on_every_host_revert_the_fleet_once(fleet, endpoint):
+def test_watchdogs_on_every_host_revert_the_fleet_once(fleet, endpoint, tmp_path):
     for i in range(3):
         fleet.configure(i, health=HEALTH.format(url=endpoint.url))
     assert fleet.cli(0, "apply", "10").returncode == 0
     endpoint.mode = "breach:error_rate=0.5"
+    # All three stand for the election together (a late starter would lead after the revert, find v2 off
+    # and say nothing about standing down).
+    barrier = tmp_path / "go"
+    env = {**os.environ, "LBSPLIT_FAILPOINT": f"before-lead:wait={barrier}"}
     procs = [subprocess.Popen([sys.executable, "-m", "lbsplit", "--config", str(sb.config_path), "watchdog", "--once"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for sb in fleet.boxes]
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for sb in fleet.boxes]
+    fleet.wait(lambda: len(list(tmp_path.glob("go.*"))) == 3, "every watchdog at the barrier", timeout=60)
+    barrier.touch()
     results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 0, 10], results

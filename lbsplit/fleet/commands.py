@@ -422,6 +422,7 @@ def lead_and_watch(settings: Settings, health, mode: str, echo, chatty: bool) ->
 
     while True:
         leadership = Leadership(settings)
+        failpoint("before-lead")  # about to stand for the fleet's watchdog election
         leader = leadership.acquire()
         if leader is None:
             try:
