@@ -45,3 +45,12 @@ def test_every_command_has_help_with_an_example():
     for name, command in main.commands.items():
         text = command.get_help(click.Context(command, info_name=name))
         assert "Example" in text or "example" in text, name
+
+
+def test_every_failpoint_step_is_in_the_failpoints_paragraph():
+    paragraph = README[README.index("**Failpoints.**"):]
+    paragraph = paragraph[:paragraph.index("\n\n")]
+    root = Path(__file__).resolve().parent.parent / "lbsplit"
+    steps = {m for path in root.rglob("*.py") for m in re.findall(r'failpoint\("([a-z-]+)"\)', path.read_text())}
+    assert len(steps) >= 13  # the nine-plus transaction steps and the fleet's: the scan found them
+    assert sorted(s for s in steps if f"`{s}`" not in paragraph) == []
