@@ -164,10 +164,8 @@ def test_a_dead_agent_is_shown_and_converges_when_it_comes_back(fleet):
     assert fleet.served(2)["v2"] is False
     status = fleet.cli(0, "status")
     assert "lb-2" in status.stdout and "lease expired" in status.stdout, status.stdout
-    started = time.monotonic()
     fleet.start_agent(2)
     fleet.wait(lambda: fleet.served(2)["v2"] is True, "lb-2 converges to 10%", timeout=15)
-    assert time.monotonic() - started < 15
     assert fleet.variants(2) == fleet.variants(0)
     assert fleet.cli(0, "status").returncode == 0
 
@@ -221,12 +219,9 @@ def test_etcd_down_agents_keep_serving_local_revert_works_and_nobody_widens_afte
 
 def test_fleet_revert_is_one_write_that_every_host_applies(fleet):
     assert fleet.cli(0, "apply", "30").returncode == 0
-    started = time.monotonic()
-    result = fleet.cli(2, "revert", "--reason", "drill")
-    took = time.monotonic() - started
+    result = fleet.cli(2, "revert", "--reason", "drill")  # its speed is measured in make bench, not here
     assert result.returncode == 0, result.stderr
     assert [fleet.served(i)["v2"] for i in range(3)] == [False] * 3
-    assert took < 10  # generous: the benchmark measures it
     entries = [json.loads(line) for line in fleet.cli(0, "history", "--json").stdout.splitlines()]
     assert entries[-1]["command"] == "revert" and entries[-1]["reason"] == "drill"
     assert set(entries[-1]["hosts"].values()) == {"served"}
