@@ -206,7 +206,12 @@ def test_etcd_down_agents_keep_serving_local_revert_works_and_nobody_widens_afte
         assert fleet.served(1)["v2"] is False and set(fleet.variants(1)) == {"v1"}
     finally:
         etcd.start()
-    time.sleep(2 * TTL)  # the agents see etcd again
+    # Wait on what the agents publish once they see etcd again (a fixed sleep was a guess on a loaded
+    # machine), then give them a few more steps in which lb-1 could wrongly widen.
+    fleet.wait(lambda: all((h := fleet.host(i)) is not None and h["alive"] for i in range(3))
+               and bool(fleet.host(1).get("override")), "every agent back, lb-1 reporting its override",
+               timeout=6 * TTL)
+    time.sleep(TTL)
     assert fleet.served(1)["v2"] is False, "lb-1 widened again by itself"
     assert [percent_of(fleet.served(i)) for i in (0, 2)] == [30, 30]
     status = fleet.cli(0, "status")
@@ -293,7 +298,15 @@ def test_the_leader_judges_v2_by_the_whole_fleets_access_logs(fleet):
     assert fleet.cli(0, "apply", "30").returncode == 0
     for i, n in ((0, 300), (1, 300), (2, 1500)):
         pipelined_variants(fleet.boxes[i].port, [f"user-{i}-{k}" for k in range(n)])
-    time.sleep(2.5)  # every agent has published its counts
+    store = Etcd((fleet.etcd.url,), timeout=2)
+
+    def published(i: int, n: int) -> bool:  # lb-i's agent has read all n requests from its access log
+        entry = store.get(f"{fleet.prefix}/counts/lb-{i}")
+        data = json.loads(entry.value) if entry else None
+        return bool(data) and data["v1"][0] + data["v2"][0] >= n
+
+    fleet.wait(lambda: all(published(i, n) for i, n in ((0, 300), (1, 300), (2, 1500))),
+               "every agent published its counts")
     own = json.loads(fleet.cli(0, "report", "--window", "1m", "--json").stdout)["variants"]
     assert own["v2"]["requests"] > 50 and own["v2"]["error_rate"] == 0  # lb-0 alone sees a healthy v2
     result = fleet.cli(0, "watchdog", "--once")
