@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -83,6 +84,16 @@ class Fleet:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for: {what}")
             time.sleep(0.1)
+
+    def barrier(self, step: str, tmp_path: Path):
+        """The env that holds commands at failpoint `step`, and release(n): once n are there, let all go."""
+        gate = tmp_path / "go"
+
+        def release(n: int) -> None:
+            self.wait(lambda: len(list(tmp_path.glob("go.*"))) == n, f"{n} commands held at {step}", timeout=60)
+            gate.touch()
+
+        return {**os.environ, "LBSPLIT_FAILPOINT": f"{step}:wait={gate}"}, release
 
     def served(self, i: int) -> dict:
         """What lb-i's nginx says it serves (its status page), with no etcd involved."""
@@ -174,13 +185,11 @@ def test_two_operators_racing_exactly_one_wins(fleet, tmp_path):
     assert fleet.cli(0, "apply", "10").returncode == 0
     # Both commands read the fleet's state, then wait at a barrier before their compare-and-swap, so
     # they really overlap (started freely, the second may begin after the first has finished).
-    barrier = tmp_path / "go"
-    env = {**os.environ, "LBSPLIT_FAILPOINT": f"before-propose:wait={barrier}"}
+    env, release = fleet.barrier("before-propose", tmp_path)
     argv = lambda i, p: [sys.executable, "-m", "lbsplit", "--config", str(fleet.boxes[i].config_path), "apply", p]  # noqa: E731
     a = subprocess.Popen(argv(0, "30"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     b = subprocess.Popen(argv(1, "50"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    fleet.wait(lambda: len(list(tmp_path.glob("go.*"))) == 2, "both operators at the barrier", timeout=60)
-    barrier.touch()
+    release(2)
     results = [(p.wait(timeout=120), p.stderr.read()) for p in (a, b)]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 5], results
@@ -243,12 +252,10 @@ def test_watchdogs_on_every_host_revert_the_fleet_once(fleet, endpoint, tmp_path
     endpoint.mode = "breach:error_rate=0.5"
     # All three stand for the election together (a late starter would lead after the revert, find v2 off
     # and say nothing about standing down).
-    barrier = tmp_path / "go"
-    env = {**os.environ, "LBSPLIT_FAILPOINT": f"before-lead:wait={barrier}"}
+    env, release = fleet.barrier("before-lead", tmp_path)
     procs = [subprocess.Popen([sys.executable, "-m", "lbsplit", "--config", str(sb.config_path), "watchdog", "--once"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for sb in fleet.boxes]
-    fleet.wait(lambda: len(list(tmp_path.glob("go.*"))) == 3, "every watchdog at the barrier", timeout=60)
-    barrier.touch()
+    release(3)
     results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 0, 10], results

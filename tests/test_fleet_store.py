@@ -229,20 +229,26 @@ def test_a_kept_alive_connection_etcd_dropped_is_replaced_without_an_error(tmp_p
         server.stop()
 
 
-def test_close_ends_a_watch_that_another_thread_holds_open(etcd):
-    # The operator's Waker ends its stream this way; a watch on a quiet key would block forever.
-    watcher = etcd.twin()
-    ended = []
+def _watch_in_a_thread(watcher: Etcd, key: str) -> tuple[threading.Thread, list[str]]:
+    """A thread that watches `key` until the watch ends; the list gets the StoreUnavailable it ended with."""
+    ended: list[str] = []
 
     def follow():
         try:
-            for _ in watcher.watch("/lbsplit/t6/quiet/", threading.Event()):
+            for _ in watcher.watch(key, threading.Event()):
                 pass
         except StoreUnavailable as e:
             ended.append(str(e))
 
     thread = threading.Thread(target=follow)
     thread.start()
+    return thread, ended
+
+
+def test_close_ends_a_watch_that_another_thread_holds_open(etcd):
+    # The operator's Waker ends its stream this way; a watch on a quiet key would block forever.
+    watcher = etcd.twin()
+    thread, ended = _watch_in_a_thread(watcher, "/lbsplit/t6/quiet/")
     time.sleep(0.5)  # the stream is open and quiet
     assert thread.is_alive()
     watcher.close()
@@ -254,17 +260,7 @@ def test_close_ends_a_watch_that_another_thread_holds_open(etcd):
 def test_close_ends_a_watch_that_had_not_opened_yet_and_never_moves_to_the_next_endpoint(etcd):
     # Two endpoints (the same etcd twice): a stream shut by close() must end the watch, not fail over.
     watcher = Etcd((etcd.endpoints[0], etcd.endpoints[0]), timeout=2)
-    ended = []
-
-    def follow():
-        try:
-            for _ in watcher.watch("/lbsplit/t10/quiet/", threading.Event()):
-                pass
-        except StoreUnavailable as e:
-            ended.append(str(e))
-
-    thread = threading.Thread(target=follow)
-    thread.start()
+    thread, ended = _watch_in_a_thread(watcher, "/lbsplit/t10/quiet/")
     time.sleep(0.5)
     watcher.close()
     thread.join(timeout=10)

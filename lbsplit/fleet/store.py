@@ -284,16 +284,13 @@ class Etcd:
             self._authenticate()
         problems = []
         for target in self._targets:
-            if self._closed:
-                problems.append("the client was closed")
-                break
             conn, sock = target.connect(self.timeout), None
             try:
                 conn.request("POST", target.base + "/v3/watch", body=json.dumps({"create_request": request}),
                              headers=self._headers())
                 sock = conn.sock  # kept: a response that will close takes the socket from the connection
                 self._streams.add(sock)
-                if self._closed:  # close() ran before this stream was registered: it cannot shut it
+                if self._closed:  # close() ran before this stream was registered (or shut the one before)
                     problems.append("the client was closed")
                     break
                 response = conn.getresponse()
