@@ -34,6 +34,7 @@ class Entry:
     value: str
     mod_revision: int  # etcd's revision of the last change to this key
     lease: int = 0
+    create_revision: int = 0  # etcd's revision of this key's creation (an election's fencing token)
 
 
 def _b64(text: str) -> str:
@@ -53,6 +54,18 @@ def _prefix_end(prefix: str) -> str:
         return base64.b64encode(b"\0").decode("ascii")  # the whole key space
     raw[-1] += 1
     return base64.b64encode(bytes(raw)).decode("ascii")
+
+
+UNAUTHENTICATED = 16  # the gRPC status etcd's gateway puts in "code" when an auth token expired or is unknown
+
+
+def _grpc_code(body: bytes) -> int | None:
+    """The gRPC status code in an error answer of etcd's gateway ({"error": ..., "code": N})."""
+    try:
+        code = json.loads(body).get("code")
+    except (ValueError, AttributeError):
+        return None
+    return code if isinstance(code, int) else None
 
 
 def _why(e: BaseException) -> str:
@@ -171,11 +184,11 @@ class Etcd:
             try:
                 return self._call(path, body, retried=True)
             except StoreUnavailable as e:
-                if "auth token" not in str(e):
+                if not e.details.get("auth_expired"):
                     raise
                 self._authenticate()  # the token expired (or etcd restarted): once more with a new one
                 return self._call(path, body, retried=True)
-        problems = []
+        problems, auth_expired = [], False
         for target in self._targets:
             try:
                 status, data = self._post(target, path, body)
@@ -184,13 +197,14 @@ class Etcd:
                 continue
             if status != 200:
                 problems.append(f"{redact(target.url)}: HTTP {status} {data[:200].decode('utf-8', 'replace')}")
+                auth_expired = auth_expired or _grpc_code(data) == UNAUTHENTICATED
                 continue
             try:
                 return json.loads(data)
             except ValueError:
                 problems.append(f"{redact(target.url)}: the answer is not JSON")
         raise StoreUnavailable(f"etcd {path} failed on every endpoint ({'; '.join(problems)}); "
-                               "check fleet.etcd and that etcd runs")
+                               "check fleet.etcd and that etcd runs", {"auth_expired": auth_expired})
 
     def close(self) -> None:
         """Close this thread's connections and every open watch stream (a watching thread then ends).
@@ -210,7 +224,7 @@ class Etcd:
     @staticmethod
     def _entry(kv: dict) -> Entry:
         return Entry(_text(kv["key"]), _text(kv.get("value", "")), int(kv.get("mod_revision", 0)),
-                     int(kv.get("lease", 0)))
+                     int(kv.get("lease", 0)), int(kv.get("create_revision", 0)))
 
     def put(self, key: str, value: str, lease: int = 0) -> int:
         """Set `key`; returns the store's revision after the change."""
@@ -245,26 +259,35 @@ class Etcd:
     def delete(self, key: str) -> None:
         self._call("/v3/kv/deleterange", {"key": _b64(key)})
 
-    def swap(self, key: str, value: str, mod_revision: int, lease: int = 0) -> bool:
+    def swap(self, key: str, value: str, mod_revision: int, lease: int = 0, fence: "Fence | None" = None) -> bool:
         """Set `key` only if it is unchanged since `mod_revision` (0: only if it does not exist yet).
 
-        The compare-and-swap two racing operators meet: exactly one of them wins.
+        The compare-and-swap two racing operators meet: exactly one of them wins. With `fence`,
+        also only while that key still has the fence's create revision (a leader's own key).
         """
         if mod_revision == 0:
             compare = {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
         else:
             compare = {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}
-        return self._swap(compare, key, value, lease)
+        return self._swap([compare, *_fenced(fence)], key, value, lease)
 
-    def swap_value(self, key: str, expected: str, value: str) -> bool:
-        """Set `key` to `value` only if it still holds exactly `expected`."""
-        return self._swap({"key": _b64(key), "target": "VALUE", "result": "EQUAL", "value": _b64(expected)}, key, value)
+    def swap_value(self, key: str, expected: str, value: str, fence: "Fence | None" = None) -> bool:
+        """Set `key` to `value` only if it still holds exactly `expected` (and the fence holds)."""
+        compare = {"key": _b64(key), "target": "VALUE", "result": "EQUAL", "value": _b64(expected)}
+        return self._swap([compare, *_fenced(fence)], key, value)
 
-    def _swap(self, compare: dict, key: str, value: str, lease: int = 0) -> bool:
+    def put_fenced(self, key: str, value: str, fence: "Fence | None") -> bool:
+        """Set `key` unconditionally, but only while the fence holds (always, without one)."""
+        if fence is None:
+            self.put(key, value)
+            return True
+        return self._swap(_fenced(fence), key, value)
+
+    def _swap(self, compares: list[dict], key: str, value: str, lease: int = 0) -> bool:
         put = {"key": _b64(key), "value": _b64(value)}
         if lease:
             put["lease"] = str(lease)
-        answer = self._call("/v3/kv/txn", {"compare": [compare], "success": [{"request_put": put}]})
+        answer = self._call("/v3/kv/txn", {"compare": compares, "success": [{"request_put": put}]})
         return bool(answer.get("succeeded", False))
 
     # ---- watch
@@ -340,3 +363,24 @@ class Etcd:
 
     def revoke(self, lease: int) -> None:
         self._call("/v3/lease/revoke", {"ID": str(lease)})
+
+    def lease_ttl(self, lease: int) -> int:
+        """Seconds the lease has left by etcd's own clock; -1 when it has expired (or never existed)."""
+        answer = self._call("/v3/lease/timetolive", {"ID": str(lease)})
+        return int(answer.get("TTL", -1))
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A write is fenced by a key's create revision: it succeeds only while that very key exists,
+    so a leader whose lease lapsed (and whose key vanished with it) can no longer write."""
+
+    key: str
+    create_revision: int
+
+
+def _fenced(fence: Fence | None) -> list[dict]:
+    if fence is None:
+        return []
+    return [{"key": _b64(fence.key), "target": "CREATE", "result": "EQUAL",
+             "create_revision": str(fence.create_revision)}]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from ..config import Settings
 from ..errors import ConfigError, GateRefused, LbsplitError
@@ -251,7 +251,9 @@ def precheck_for(target: Stage, force: bool, probe=None, clock=time.time, strict
         if failing and not force:
             raise GateRefused(
                 f"refusing to widen v2 from {current.describe() if current else 'nothing'} to {target.describe()} "
-                "(use --force to override):\n  " + "\n  ".join(i.line() for i in items)
+                "(use --force to override):\n  " + "\n  ".join(i.line() for i in items),
+                {"from": current.describe() if current else "nothing", "to": target.describe(),
+                 "items": [asdict(i) for i in items]},
             )
         if failing:
             lines.insert(0, "gate overridden with --force:")
@@ -281,6 +283,17 @@ def apply(settings: Settings, stage: Stage, reason: str = "", force: bool = Fals
     outcome = txn.run(stage, precheck=precheck_for(stage, force, strict=strict))
     if outcome.changed:
         _after(settings, "post_apply", (command or "apply").split()[0], outcome, reason)
+    return outcome
+
+
+def restore(settings: Settings, stage: Stage, reason: str, command: str):
+    """Put back the stage that was live a moment ago (a failed fleet change's rollback): no gate, since
+    undoing a narrowing is a widening only on paper; the post_apply hook and the notification as for apply."""
+    if not stage.v2_enabled:
+        return revert(settings, reason)
+    outcome = Transaction(settings, command, reason).run(stage)
+    if outcome.changed:
+        _after(settings, "post_apply", "apply", outcome, reason)
     return outcome
 
 
