@@ -39,6 +39,7 @@ lua: nginx
 etcd:
 	@command -v etcd >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PACKAGES=etcd-server
 	@command -v openssl >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PACKAGES=openssl  # the TLS etcd test's certificates
+	@command -v faketime >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PACKAGES=faketime  # the skewed-clock operator
 
 wrk:
 	@command -v wrk >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PACKAGES=wrk

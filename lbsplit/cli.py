@@ -24,6 +24,10 @@ PERCENT_ARG = {"ignore_unknown_options": True}  # so that "-5" reaches our own v
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 reason_option = click.option("--reason", default="", help="Why, for the history.")
+unreachable_option = click.option(
+    "--allow-unreachable", is_flag=True,
+    help="With [fleet]: change the reachable members even while some member's agent does not answer "
+         "(they are named as skipped). Without it the change is refused, exit 12.")
 
 
 class Context:
@@ -110,13 +114,15 @@ def init(obj: Context) -> None:
 @click.option("--dry-run", is_flag=True, help="Show a unified diff against the live file; change nothing.")
 @reason_option
 @click.option("--force", is_flag=True, help="Widen even when the promotion gate finds v2 unhealthy.")
+@unreachable_option
 @click.pass_obj
-def apply(obj: Context, percent: str, dry_run: bool, reason: str, force: bool) -> None:
+def apply(obj: Context, percent: str, dry_run: bool, reason: str, force: bool, allow_unreachable: bool) -> None:
     """Send the whitelist plus PERCENT of users (0-100, two decimals) to v2.
 
     Widening (also from off) first passes the promotion gate (see `lbsplit check`).
-    Returns once nginx serves the new config. With [fleet]: every live load balancer, in two
-    phases (propose, commit), or none of them. Example: lbsplit apply 30 --reason "stage 2"
+    Returns once nginx serves the new config. With [fleet]: every member, in two phases
+    (propose, commit), or none of them; refused while a member is unreachable unless
+    --allow-unreachable. Example: lbsplit apply 30 --reason "stage 2"
     """
 
     def go():
@@ -128,7 +134,7 @@ def apply(obj: Context, percent: str, dry_run: bool, reason: str, force: bool) -
                 click.echo(warning, err=True)
             click.echo(dry.diff, nl=False)
             return
-        echo_lines(front.apply(settings, stage, reason, force))
+        echo_lines(front.apply(settings, stage, reason, force, allow_unreachable))
 
     run(go)
 
@@ -138,13 +144,14 @@ def apply(obj: Context, percent: str, dry_run: bool, reason: str, force: bool) -
 @click.option("--force", is_flag=True, help="Promote even when the gate refuses (recorded in the history).")
 @click.option("--confirm", "confirm", multiple=True, metavar="ITEM",
               help="Record that you checked ITEM, a manual check the next stage requires (repeatable).")
+@unreachable_option
 @click.pass_obj
-def promote(obj: Context, reason: str, force: bool, confirm: tuple[str, ...]) -> None:
+def promote(obj: Context, reason: str, force: bool, confirm: tuple[str, ...], allow_unreachable: bool) -> None:
     """Move to the next stage of `stages` through the promotion gate: health, soak time, manual checks.
 
     Example: lbsplit promote --confirm "user feedback positive" --reason "survey 2026-12-01"
     """
-    run(lambda: echo_lines(front.promote(obj.settings(), reason, force, confirm)))
+    run(lambda: echo_lines(front.promote(obj.settings(), reason, force, confirm, allow_unreachable)))
 
 
 @main.command(context_settings=PERCENT_ARG)
@@ -210,7 +217,8 @@ def revert(obj: Context, reason: str, local: bool) -> None:
     """Turn v2 off: everyone, whitelist included, back on v1.
 
     Needs only nginx: no health endpoint, no network, not even a valid [split] section.
-    With [fleet]: one write to etcd that every agent applies; --local is the break-glass on one host.
+    With [fleet]: one write to etcd that every reachable member applies; exit 12 names each
+    unreachable member and what it last served. --local is the break-glass on one host.
     Example: lbsplit revert --reason "error rate 7%"
     """
 
@@ -226,6 +234,19 @@ def rejoin(obj: Context) -> None:
     """
 
     run(lambda: click.echo(front.rejoin(obj.settings(for_revert=True))))
+
+
+@main.command()
+@click.argument("host")
+@reason_option
+@click.pass_obj
+def forget(obj: Context, host: str, reason: str) -> None:
+    """With [fleet]: remove HOST, a member that is gone for good (its agent stopped), from the fleet.
+
+    Until then an unreachable member makes apply refuse and revert and status exit 12. Recorded
+    in the fleet's history. Example: lbsplit forget lb-3 --reason "decommissioned"
+    """
+    run(lambda: click.echo(front.forget(obj.settings(for_revert=True), host, reason)))
 
 
 @main.command()
@@ -268,8 +289,9 @@ def render(obj: Context, percent: str, whitelist_file: bool) -> None:
 def status(obj: Context, as_json: bool, local: bool) -> None:
     """Show the live stage and whether nginx really serves it; exit 9 when it does not.
 
-    With [fleet]: the desired state and every host (change, stage, generation, served, lease
-    alive, last error); exit 9 when a live host does not serve the desired state.
+    With [fleet]: the desired state and every member (reachable, change, stage nginx serves,
+    generation, served, last error); exit 9 when a reachable member does not serve the desired
+    state, else 12 while a member is unreachable.
     Example: lbsplit status --json
     """
 

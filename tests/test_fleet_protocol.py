@@ -99,3 +99,62 @@ def test_the_operators_wait_wakes_on_a_change_and_reads_again_after_the_fallback
     threading.Timer(0.05, store.release.set).start()
     _returns(lambda: waker.wait(3600.0))
     waker.close()
+
+
+def _counts(v1=(10, 1, 0, 0.5, {"0.005": 10}), v2=(10, 2, 0, 0.5, {"0.005": 10})):
+    return {"at": 0, "window": 60, "v1": [*v1[:4], dict(v1[4])], "v2": [*v2[:4], dict(v2[4])]}
+
+
+def test_published_counts_count_only_from_a_reachable_member_under_its_own_lease():
+    from lbsplit.fleet.protocol import Member, counts_problem
+
+    member = Member("lb-1", reachable=True, report=None, lease=77)
+    assert counts_problem(_counts(), 77, member) is None
+    assert counts_problem(_counts(), 77, None) == "not a member"  # a host nobody registered
+    assert "stale" in counts_problem(_counts(), 78, member)  # a lease that is not the member's (a dead agent's)
+    assert "stale" in counts_problem(_counts(), 0, member)  # not under any lease at all
+    assert "stale" in counts_problem(_counts(), 77, Member("lb-1", reachable=False, report=None))
+
+
+def test_negative_non_finite_or_inconsistent_counts_are_no_data():
+    from lbsplit.fleet.protocol import Member, counts_problem
+
+    member = Member("lb-1", reachable=True, report=None, lease=5)
+    bad = [
+        _counts(v2=(-500, 0, 0, 0.0, {})),
+        _counts(v2=(10, -3, 0, 0.0, {})),
+        _counts(v1=(float("nan"), 0, 0, 0.0, {})),
+        _counts(v1=(10, 0, 0, float("inf"), {})),
+        _counts(v2=(10, 20, 0, 0.0, {})),  # more errors than requests
+        _counts(v2=(10, 0, 0, 0.0, {"0.005": 11})),  # more latencies than requests
+        _counts(v2=(10, 0, 0, 0.0, {"x": 1})),
+        _counts(v2=(True, 0, 0, 0.0, {})),
+        {"v1": "lots", "v2": []},
+        "not even a dict",
+    ]
+    for data in bad:
+        assert counts_problem(data, 5, member), data
+
+
+def test_errors_cross_processes_as_data_and_keep_their_exit_code_and_details():
+    from lbsplit.errors import ExitCode, GateRefused, LbsplitError, NginxTestFailed, from_data
+
+    refused = GateRefused("refusing to widen", {"items": [{"name": "soak", "ok": False}]})
+    back = from_data(json.loads(json.dumps(refused.to_data())))
+    assert type(back) is GateRefused and back.exit_code == ExitCode.GATE_REFUSED
+    assert back.details == {"items": [{"name": "soak", "ok": False}]} and str(back) == "refusing to widen"
+    assert from_data(NginxTestFailed("x").to_data()).exit_code == ExitCode.NGINX_TEST_FAILED
+    unknown = from_data({"kind": "from a newer lbsplit", "exit_code": 99, "message": "m"})
+    assert type(unknown) is LbsplitError and unknown.exit_code == ExitCode.INTERNAL
+    assert from_data("ClassName: text").exit_code == ExitCode.INTERNAL  # a string is never parsed back
+
+
+def test_a_report_serves_a_change_only_with_its_uid_and_the_stage_nginx_answers():
+    d = Desired(id=1, stage=stage_json(Stage.at(3000)), phase=COMMITTED, previous=stage_json(Stage.off()), uid="u1")
+    ok = Report(host="lb", seen=0, applied_uid="u1", stage=stage_json(Stage.at(3000)), served=True)
+    assert ok.serves_change(d)
+    from dataclasses import replace
+
+    assert not replace(ok, applied_uid="u0").serves_change(d)  # an id from an etcd that lost its data
+    assert not replace(ok, stage=stage_json(Stage.at(5000))).serves_change(d)  # nginx answers another stage
+    assert not replace(ok, served=False).serves_change(d)

@@ -359,7 +359,8 @@ class EtcdProcess:
         self.proc = None
 
 
-def fleet_section(etcd_url: str, prefix: str, host: str, ttl: int = 3, apply_timeout: float = 20) -> str:
-    """The [fleet] table for one sandbox host."""
-    return (f'\n[fleet]\netcd = ["{etcd_url}"]\nprefix = "{prefix}"\nhost = "{host}"\n'
+def fleet_section(etcd_url: str | list[str], prefix: str, host: str, ttl: int = 3, apply_timeout: float = 20) -> str:
+    """The [fleet] table for one sandbox host (one etcd client URL, or a cluster's list)."""
+    urls = ", ".join(f'"{u}"' for u in ([etcd_url] if isinstance(etcd_url, str) else etcd_url))
+    return (f'\n[fleet]\netcd = [{urls}]\nprefix = "{prefix}"\nhost = "{host}"\n'
             f"agent_ttl = {ttl}\napply_timeout = {apply_timeout:g}\n")

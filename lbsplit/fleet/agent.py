@@ -1,11 +1,14 @@
 """`lbsplit agent`: one per load balancer. Follows the fleet's desired state with the local transaction.
 
-It registers the host under a lease, polls `<prefix>/desired`, validates proposals (the same
+It registers the host under a lease, follows `<prefix>/desired`, validates proposals (the same
 checks as a local apply, plus `nginx -t` of the new lbsplit.conf in a private config), applies
 committed changes through the local transaction (validate, nginx -t, reload, verify served), and
-reports what the host serves. When etcd is unreachable it keeps serving what it last applied and
-changes nothing; a host reverted with `lbsplit revert --local` ignores the fleet until
-`lbsplit rejoin`.
+reports what the host's nginx says it serves. The lease and the report's heartbeat are kept by a
+thread of their own, so a local change that takes longer than agent_ttl never makes the host look
+unreachable; a lease that lapsed anyway is granted again under the same member. One agent per
+state_dir: a second one refuses to start and touches nothing. When etcd is unreachable it keeps
+serving what it last applied and changes nothing; a host reverted with `lbsplit revert --local`
+ignores the fleet until `lbsplit rejoin`.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..config import Settings, load
-from ..errors import ConfigError, Interrupted, LbsplitError, NginxTestFailed
+from ..errors import ConfigError, Interrupted, LbsplitError, LockBusy, NginxTestFailed, NotServing
 from ..model import Runtime, Stage
+from ..nginx.dialect import answered_stage
 from ..nginx.process import Nginx
 from ..rollout import files
 from ..rollout.planning import plan
@@ -34,6 +38,8 @@ from .store import Etcd, StoreUnavailable
 POLL = 0.5  # seconds between two looks at the desired state when the watch stream is down or quiet
 LOCAL_EVERY = 1.0  # seconds between two looks at what this host's nginx serves, when nothing happens
 OVERRIDE_FILE = "fleet-override.json"  # in state_dir: `revert --local` was run here
+AGENT_LOCK = "agent.lock"  # in state_dir: flocked by the one agent of this host
+ERROR_CHARS = 4000  # a published error's message is cut here (a 1M-line nginx -t output must not fill etcd)
 
 
 def override_path(settings: Settings) -> Path:
@@ -74,14 +80,22 @@ def digest(settings: Settings) -> str:
 
 
 def local_report(settings: Settings, base: Report) -> Report:
-    """What this host serves now, from its state and its status page."""
+    """What this host serves now: the stage its nginx answers (status page or lua dict), and whether that is
+    the generation and stage lbsplit installed."""
     state = StateStore(settings.state_dir).read_state_or_none()
     answer = Nginx(settings.nginx).serving()
-    stage = state.stage if state else Stage.off()
-    served = bool(state and answer and answer.get("generation") == state.generation)
-    return replace(base, seen=time.time(), stage=protocol.stage_json(stage),
+    answered = answered_stage(answer)
+    installed = state.stage if state else Stage.off()
+    served = bool(state and answer and answer.get("generation") == state.generation and answered == installed)
+    return replace(base, seen=time.time(), stage=protocol.stage_json(answered if answered is not None else installed),
                    generation=state.generation if state else None, served=served,
                    override=read_override(settings))
+
+
+def published_error(e: LbsplitError) -> dict:
+    data = e.to_data()
+    data["message"] = data["message"][:ERROR_CHARS]
+    return data
 
 
 class Agent:
@@ -96,8 +110,9 @@ class Agent:
         self.log = log
         self.clock = clock
         self.lease = 0
-        self.last_keepalive = 0.0
         self.published_at = 0.0
+        self.guard = threading.Lock()  # the report and its put, shared with the liveness thread
+        self.lock = files.Lock(self.settings.state_dir / AGENT_LOCK, 0, f"agent for {self.fleet.host}")
         self.looked_at = 0.0  # when local_report last asked nginx
         self.digest_of: tuple | None = None  # (config, whitelist file) the cached digest belongs to
         self.digest = ""
@@ -108,52 +123,78 @@ class Agent:
         self.stop = threading.Event()
         self.wake = threading.Event()  # set by the watch stream when the desired state changes
 
-    # ---- etcd housekeeping
-    def _register(self) -> None:
-        now_ = time.monotonic()
-        if self.lease and now_ - self.last_keepalive < self.fleet.agent_ttl / 3:
-            return
+    # ---- etcd housekeeping (the liveness thread)
+    def _renew(self) -> None:
+        """Keep the lease alive; when it lapsed (a frozen agent, etcd restarted empty), register again."""
         if self.lease and self.store.keepalive(self.lease) > 0:
-            self.last_keepalive = now_
             return
-        self.lease = self.store.grant(self.fleet.agent_ttl)
-        self.store.put(protocol.alive_key(self.fleet.prefix, self.fleet.host), self.fleet.host, lease=self.lease)
-        self.last_keepalive = now_
-        self.log(f"registered {self.fleet.host} under lease {self.lease:x} (ttl {self.fleet.agent_ttl}s)")
+        lease = self.store.grant(self.fleet.agent_ttl)
+        self.store.put(protocol.alive_key(self.fleet.prefix, self.fleet.host), self.fleet.host, lease=lease)
+        again = bool(self.lease)
+        self.lease = lease
+        self.log(f"{'re-' if again else ''}registered {self.fleet.host} under lease {lease:x} "
+                 f"(ttl {self.fleet.agent_ttl}s)")
+
+    def _liveness(self) -> None:
+        """A thread: the lease and the report's heartbeat, apart from the work of the main loop."""
+        down = False
+        while True:
+            try:
+                self._renew()
+                with self.guard:
+                    self._put_report(replace(self.report, seen=self.clock(), lease=self.lease))
+                down = False
+            except LbsplitError as e:
+                if not down:
+                    self.log(f"cannot renew the lease ({e}); retrying")
+                down = True
+            if self.stop.wait(self.fleet.agent_ttl / 3):
+                return
+
+    def _put_report(self, report: Report) -> None:
+        self.report = report
+        self.published_at = 0.0  # a failed write is tried again at the next step
+        self.store.put(protocol.host_key(self.fleet.prefix, self.fleet.host), report.dumps())
+        self.published_at = time.monotonic()
 
     def _publish(self, report: Report) -> None:
         """Write the report when it changed, else as a heartbeat every agent_ttl/3 seconds."""
-        changed = replace(self.report, seen=0) != replace(report, seen=0)
-        self.report = report
-        if changed or time.monotonic() - self.published_at > self.fleet.agent_ttl / 3:
-            self.published_at = 0.0  # a failed write is tried again at the next step
-            self.store.put(protocol.host_key(self.fleet.prefix, self.fleet.host), report.dumps())
-            self.published_at = time.monotonic()
+        with self.guard:
+            report = replace(report, lease=self.lease)
+            changed = replace(self.report, seen=0) != replace(report, seen=0)
+            if changed or time.monotonic() - self.published_at > self.fleet.agent_ttl / 3:
+                self._put_report(report)
+            else:
+                self.report = report
 
     # ---- one step
     def step(self) -> None:
         try:
-            self._register()
             entry = self.store.get(protocol.desired_key(self.fleet.prefix))
         except StoreUnavailable as e:
             if self.etcd_down_since is None:
                 self.etcd_down_since = time.monotonic()
                 self.log(f"etcd unreachable ({e}); keeping what this host serves and changing nothing")
-            self.lease = 0 if time.monotonic() - self.etcd_down_since > self.fleet.agent_ttl else self.lease
             return
         if self.etcd_down_since is not None:
             self.log("etcd answers again")
             self.etcd_down_since = None
         self._reload_settings_if_changed()
-        desired = Desired.loads(entry.value) if entry else None
+        try:
+            desired = Desired.loads(entry.value) if entry else None
+        except (ValueError, TypeError) as e:
+            self.log(f"ignoring a desired state that is not lbsplit's ({e})")
+            desired = None
         look = time.monotonic() - self.looked_at > LOCAL_EVERY
+        uid = desired.uid if desired else None
         if read_override(self.settings) is not None:
-            self.report = replace(self.report, applied_id=0)  # after `rejoin`, apply the desired state again
+            with self.guard:  # after `rejoin`, apply the desired state again
+                self.report = replace(self.report, applied_uid="", applied_id=0)
         elif desired is not None:
-            if desired.phase == PROPOSED and self.report.ready_id != desired.id and self.report.error_id != desired.id:
+            if desired.phase == PROPOSED and uid not in (self.report.ready_uid, self.report.error_uid):
                 self._validate(desired)
-            elif desired.phase == COMMITTED and self.report.error_id != desired.id and (
-                    self.report.applied_id != desired.id or look and self._local_stage() != desired.target):
+            elif desired.phase == COMMITTED and self.report.error_uid != uid and (
+                    self.report.applied_uid != uid or look and self._local_stage() != desired.target):
                 self._apply(desired)
                 return
         if look:
@@ -167,7 +208,8 @@ class Agent:
         """With health.source reading nginx's log: this host's per-variant counts over the stage's window,
         for the leading watchdog to sum over the fleet. Read incrementally, like the watchdog reads it."""
         health = self.settings.health if self.settings.health_error is None else None
-        if health is None or not health.uses_log or health.access_log is None or not self.lease \
+        lease = self.lease
+        if health is None or not health.uses_log or health.access_log is None or not lease \
                 or self.settings.v2 is None:
             return
         state = StateStore(self.settings.state_dir).read_state_or_none()
@@ -185,7 +227,7 @@ class Agent:
         row = lambda st: [st.requests, st.errors, st.timeouts, st.time_sum, {str(b): n for b, n in st.hist.items()}]  # noqa: E731
         self.store.put(protocol.counts_key(self.fleet.prefix, self.fleet.host),
                        json.dumps({"at": now_ts, "window": thresholds.window, "v1": row(stats["v1"]),
-                                   "v2": row(stats["v2"])}), lease=self.lease)
+                                   "v2": row(stats["v2"])}), lease=lease)
 
     def _digest(self) -> str:
         """digest(), recomputed only when the config or the whitelist file changed."""
@@ -223,6 +265,9 @@ class Agent:
         self._reload_settings_if_changed()
         stage = desired.target
         try:
+            if Nginx(self.settings.nginx).serving() is None:
+                raise NotServing(f"nginx on {self.fleet.host} does not answer at {self.settings.nginx.status_listen} "
+                                 "(not running, or lbsplit.conf not included): it could not serve the change")
             prepared = plan(self.settings, stage)
             text = prepared.checked_text(0)
             include = prepared.inputs.include
@@ -237,18 +282,19 @@ class Agent:
                 self.tested.add(skeleton)
         except LbsplitError as e:
             self.log(f"proposal {desired.id} ({stage.describe()}) refused: {e}")
-            self._publish(replace(self.report, error_id=desired.id, error=f"{type(e).__name__}: {e}"[:500],
-                                  seen=self.clock()))
+            self._publish(replace(self.report, error_uid=desired.uid, error=published_error(e), seen=self.clock()))
             return
         self.log(f"proposal {desired.id} ({stage.describe()}) ready")
-        self._publish(replace(self.report, ready_id=desired.id, error=None, seen=self.clock()))
+        self._publish(replace(self.report, ready_uid=desired.uid, error=None, seen=self.clock()))
 
     def _apply(self, desired: Desired) -> None:
         self._reload_settings_if_changed()
         stage = desired.target
         reason = f"fleet change {desired.id} by {desired.by}" + (f": {desired.reason}" if desired.reason else "")
         try:
-            if stage.v2_enabled:
+            if desired.undo:  # what was live a moment ago: no gate (a narrowing's undo is a widening on paper)
+                outcome = gate.restore(self.settings, stage, reason, command=f"fleet {desired.command}")
+            elif stage.v2_enabled:
                 outcome = gate.apply(self.settings, stage, reason, force=desired.force, strict=desired.strict,
                                      command=f"fleet {desired.command or 'apply'}")
             else:
@@ -259,13 +305,18 @@ class Agent:
             return
         except LbsplitError as e:
             self.log(f"change {desired.id} ({stage.describe()}) failed: {e}")
-            self._publish(replace(local_report(self.settings, self.report), error_id=desired.id,
-                                  error=f"{type(e).__name__}: {e}"[:500], digest=self._digest()))
+            self._publish(replace(local_report(self.settings, self.report), error_uid=desired.uid,
+                                  error=published_error(e), digest=self._digest()))
             return
         self.log(f"change {desired.id}: {'; '.join(outcome.messages[-1:])}")
         self.looked_at = time.monotonic()
-        self._publish(replace(local_report(self.settings, self.report), applied_id=desired.id, error=None,
-                              digest=self._digest()))
+        report = replace(local_report(self.settings, self.report), applied_uid=desired.uid, applied_id=desired.id,
+                         error=None, digest=self._digest())
+        if not report.serves(stage):  # installed, but nginx does not serve it (not running): say so at once
+            problem = NotServing(f"installed on {self.fleet.host}, but its nginx does not serve it: "
+                                 + ("; ".join(outcome.messages[-1:]) or "no answer from its status page"))
+            report = replace(report, error_uid=desired.uid, error=published_error(problem))
+        self._publish(report)
 
     def _watch(self) -> None:
         """A thread: wake the loop at once when <prefix>/desired changes (polling stays the fallback)."""
@@ -283,9 +334,16 @@ class Agent:
             self.stop.set()
             self.wake.set()
 
+        StateStore(self.settings.state_dir).ensure()
+        try:
+            self.lock.acquire()
+        except LockBusy:
+            raise LockBusy(f"agent: another agent for {self.fleet.host} already runs with this state_dir "
+                           f"({self.lock.holder()}); this one changed nothing and stops") from None
         for s in (signal.SIGTERM, signal.SIGINT):
             signal.signal(s, stop)
         self.log(f"agent for {self.fleet.host} following {self.fleet.prefix} on {len(self.fleet.etcd)} etcd endpoint(s)")
+        threading.Thread(target=self._liveness, daemon=True).start()
         threading.Thread(target=self._watch, daemon=True).start()
         while not self.stop.is_set():
             try:
@@ -295,10 +353,11 @@ class Agent:
             self.wake.wait(POLL)
             self.wake.clear()
         try:
-            if self.lease:
-                self.store.revoke(self.lease)  # drop out of the fleet at once, not after agent_ttl
+            if self.lease:  # unreachable at once, not after agent_ttl: a member stays one until `forget`
+                self.store.revoke(self.lease)
         except StoreUnavailable:
             pass
+        self.lock.release()
         self.log("agent stopped")
         return 0
 

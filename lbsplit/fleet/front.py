@@ -23,16 +23,25 @@ def _fleet(settings: Settings):
     return commands
 
 
-def apply(settings: Settings, stage: Stage, reason: str, force: bool) -> list[str]:
+def _local_only(allow_unreachable: bool) -> None:
+    if allow_unreachable:
+        raise ConfigError("--allow-unreachable: only with [fleet] (a single host has no members to skip)")
+
+
+def apply(settings: Settings, stage: Stage, reason: str, force: bool, allow_unreachable: bool = False) -> list[str]:
     fleet = _fleet(settings)
     if fleet is None:
+        _local_only(allow_unreachable)
         return gate.apply(settings, stage, reason, force).messages
-    return fleet.change(settings, stage, f"apply {stage.percent}", reason, force=force)
+    return fleet.change(settings, stage, f"apply {stage.percent}", reason, force=force,
+                        allow_unreachable=allow_unreachable)
 
 
-def promote(settings: Settings, reason: str, force: bool, confirm: tuple[str, ...]) -> list[str]:
+def promote(settings: Settings, reason: str, force: bool, confirm: tuple[str, ...],
+            allow_unreachable: bool = False) -> list[str]:
     fleet = _fleet(settings)
     if fleet is None:
+        _local_only(allow_unreachable)
         return gate.promote(settings, reason, force, confirm).messages
     if confirm:
         raise ConfigError("--confirm: in fleet mode each host's gate checks its own confirmations; record them with "
@@ -40,7 +49,8 @@ def promote(settings: Settings, reason: str, force: bool, confirm: tuple[str, ..
     stage = fleet.next_stage(settings)
     if stage is None:
         return ["v2 is at the fleet's last stage: nothing to promote"]
-    return fleet.change(settings, stage, f"promote {stage.percent}", reason, force=force, strict=True)
+    return fleet.change(settings, stage, f"promote {stage.percent}", reason, force=force, strict=True,
+                        allow_unreachable=allow_unreachable)
 
 
 def revert(settings: Settings, reason: str, local: bool) -> list[str]:
@@ -62,6 +72,13 @@ def revert(settings: Settings, reason: str, local: bool) -> list[str]:
         return fleet.revert(settings, reason)
     except StoreUnavailable as e:
         raise StoreUnavailable(f"{e}. Break-glass without etcd: `lbsplit revert --local` on each host") from None
+
+
+def forget(settings: Settings, host: str, reason: str) -> str:
+    fleet = _fleet(settings)
+    if fleet is None:
+        raise ConfigError("forget: the config has no [fleet] section")
+    return fleet.forget(settings, host, reason)
 
 
 def rejoin(settings: Settings) -> str:

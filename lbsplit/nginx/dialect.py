@@ -479,6 +479,18 @@ def reports_stage(answer: dict | None, generation: int, stage: Stage) -> bool:
     return isinstance(percent, (int, float)) and not isinstance(percent, bool) and round(percent * 100) == stage.hundredths
 
 
+def answered_stage(answer: dict | None) -> Stage | None:
+    """The stage a status answer says nginx serves (both runtimes), or None when it does not say."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("v2"), bool):
+        return None
+    if not answer["v2"]:
+        return Stage.off()
+    percent = answer.get("percent")
+    if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 <= percent <= 100:
+        return None
+    return Stage.at(round(percent * 100))
+
+
 def parse_status(body: bytes) -> dict | None:
     """The status page's answer as a dict, or None when it is not one of ours."""
     try:

@@ -1,7 +1,9 @@
 """The watchdog's runner: probe, clock, ask the judge, act through the transaction.
 
-Probe, clocks, sleep and notify are parameters, so tests neither sleep nor mock HTTP.
-It decides nothing itself: `judge` gives the verdict.
+Probe, clocks, sleep and notify are parameters, so tests neither sleep nor mock HTTP. `judge`
+gives the verdict on v2's health; the runner decides only around it: the cooldown after a breach,
+auto-promotion, and when a release is complete. In fleet mode the state it judges (`state_of`),
+the action (`act`) and whether it still leads (`leading`) are handed in by the fleet part.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..config import HealthSettings, Settings, Thresholds
-from ..errors import ExitCode, GateRefused, LbsplitError
+from ..errors import ExitCode, GateRefused, LbsplitError, NotLeader
 from ..model import Level, Outcome
 from ..rollout import files
 from ..rollout.state import StateStore
@@ -46,8 +48,9 @@ class Watchdog:
 
     def __init__(self, settings: Settings, health: HealthSettings, probe=endpoint.probe, clock=time.time,
                  sleep=time.sleep, notify=endpoint.post_json, echo=print, monotonic=None, chatty: bool = False,
-                 act=None, log_check=None):
+                 act=None, log_check=None, state_of=None, leading=None):
         self.settings = settings
+        self.leading = leading  # fleet mode: () -> bool, False once another watchdog leads the fleet
         self.act = act  # fleet mode: (target, reason) -> (change id, messages), a fleet-wide change
         self.log_check = log_check  # fleet mode: (thresholds, now) -> Check over the whole fleet's access logs
         self.health = health
@@ -61,6 +64,7 @@ class Watchdog:
         self.chatty = chatty  # a person at a terminal: say why a run does nothing
         self.store = StateStore(settings.state_dir)
         self.state_path = self.store.watchdog_path
+        self.state_of = state_of or self.store.read_state_or_none  # fleet mode: the fleet's desired state
 
     def _log(self, line: str) -> None:
         """Append to the watchdog log; a log that cannot be written never stops a check or a revert."""
@@ -95,7 +99,7 @@ class Watchdog:
 
     def check_once(self) -> RunResult:
         """Probe v2 once and act on the verdict; exits quietly when there is nothing to watch."""
-        state = self.store.read_state_or_none()
+        state = self.state_of()
         if state is None or not state.v2_enabled:
             return RunResult(Kind.NOTHING)
         thresholds = self.health.thresholds_for(state.hundredths)
@@ -108,8 +112,8 @@ class Watchdog:
                 self.echo(f"check skipped: {lock.holder()} holds the lock")
             return result
         try:
-            current = self.store.read_state_or_none()
-            if current is None or current.generation != state.generation:
+            current = self.state_of()
+            if current is None or current.generation != state.generation or current.sha256 != state.sha256:
                 self._log(f"gen={state.generation} check discarded: the stage changed while probing")
                 return RunResult(Kind.CHANGED, thresholds.check_every)
             return self._act(state, thresholds, check, lock, progress)
@@ -215,8 +219,8 @@ class Watchdog:
         try:
             outcome = txn.run(target, lock_held=lock, precheck=precheck)
         except GateRefused as e:
-            first = str(e).splitlines()
-            held = next((line.strip() for line in first if "[FAIL]" in line), first[0])
+            failing = [i for i in e.details.get("items", []) if not i["ok"] and i["blocking"]]
+            held = gate.Item(**failing[0]).line() if failing else str(e).splitlines()[0]
             self._log(f"gen={state.generation} auto-promote to {target.describe()} held: {held}")
             return []
         except LbsplitError as e:
@@ -256,6 +260,9 @@ class Watchdog:
             else:
                 txn = Transaction(self.settings, command, reason, metrics=dict(check.metrics))
                 outcome = txn.run(target, tolerate_repair_failure=True, lock_held=lock)
+        except NotLeader as e:
+            self._log(f"gen={state.generation} stood down: {e}")
+            return RunResult(Kind.CHANGED, messages=[f"lbsplit watchdog: {e}"])
         except LbsplitError as e:
             message = f"lbsplit watchdog: REVERT FAILED at {stage.describe()}: {e}"
             self._log(message)
@@ -301,6 +308,9 @@ class Watchdog:
             start = self.monotonic()
             checks = 0
             while True:
+                if self.leading is not None and not self.leading():
+                    self.echo("lbsplit watchdog: this host no longer leads the fleet's watchdog; standing down")
+                    return ExitCode.OK
                 result = self.check_once()
                 for message in result.messages:
                     self.echo(message)
