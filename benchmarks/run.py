@@ -518,7 +518,7 @@ def fleet_times(root: Path, sizes: list[int], repeats: int) -> None:
                             started = time.monotonic()
                             out = lbsplit(sb, *action, env={"LBSPLIT_TIMINGS": str(phases)} if kind == "fleet" else None)
                             took = time.monotonic() - started
-                            if kind == "fleet" and f"served by {n} of {n} live hosts" not in out.stdout:
+                            if kind == "fleet" and f"served by {n} of {n} members" not in out.stdout:
                                 raise RuntimeError(f"fleet {action[0]} did not reach every host: {out.stdout}")
                             times[f"{kind}_{action[0]}"].append(took)
                             time.sleep(0.3)

@@ -214,12 +214,21 @@ def test_the_leader_judges_v2_by_the_whole_fleets_access_logs(fleet):
 
     fleet.wait(lambda: all(published(i, n) for i, n in ((0, 300), (1, 300), (2, 1500))),
                "every agent published its counts")
+    # Forged keys under the counts prefix: a host nobody registered with a flood of healthy v2 requests, and
+    # negative counts that would cancel lb-2's failures. Summed blindly, either would turn the FAIL into a pass.
+    now_ = time.time()
+    store.put(f"{fleet.prefix}/counts/lb-9", json.dumps({"at": now_, "window": 60, "v1": [0, 0, 0, 0, {}],
+                                                         "v2": [100000, 0, 0, 100.0, {}]}))
+    lease = store.grant(60)
+    store.put(f"{fleet.prefix}/counts/lb-8", json.dumps({"at": now_, "window": 60, "v1": [0, 0, 0, 0, {}],
+                                                         "v2": [-100000, -1500, 0, 0, {}]}), lease=lease)
     own = json.loads(fleet.cli(0, "report", "--window", "1m", "--json").stdout)["variants"]
     assert own["v2"]["requests"] > 50 and own["v2"]["error_rate"] == 0  # lb-0 alone sees a healthy v2
     result = fleet.cli(0, "watchdog", "--once")
     assert result.returncode == 10, result.stdout + result.stderr
     log = (fleet.boxes[0].state_dir / "watchdog.log").read_text()
     assert "fleet access logs: 3 hosts" in log and "check=FAIL" in log, log
+    assert "no data from: lb-8 (not a member), lb-9 (not a member)" in log, log
     assert [fleet.served(i)["v2"] for i in range(3)] == [False] * 3
 
 
