@@ -248,6 +248,7 @@ def test_promote_runs_every_hosts_strict_gate(fleet):
 def test_a_fleet_in_the_lua_runtime_changes_percent_without_reloads(tmp_path, etcd, nginx_bin):
     from lbsplit.config import load
     from lbsplit.nginx.process import Nginx
+    from lbsplit.rollout.state import StateStore
 
     f = Fleet(tmp_path, etcd, nginx_bin, "/lbsplit/lua-fleet", lua=True)
     try:
@@ -264,6 +265,13 @@ def test_a_fleet_in_the_lua_runtime_changes_percent_without_reloads(tmp_path, et
             seen = [f.variants(i) for i in range(3)]
             assert seen[0] == seen[1] == seen[2]
         assert [Nginx(load(sb.config_path).nginx).worker_pids(sb.front.pid()) for sb in f.boxes] == workers
+        # lb-1's dict made to hold another stage under the same generation: not served, whatever the generation.
+        settings = load(f.boxes[1].config_path)
+        state = StateStore(settings.state_dir)
+        Nginx(settings.nginx).set_live(state.read_state_or_none().generation, 9000, state.control_token())
+        f.wait(lambda: f.cli(0, "status").returncode == 9, "status sees lb-1's dict serve 90% under generation N")
+        lb1 = next(h for h in f.status()["hosts"] if h["host"] == "lb-1")
+        assert lb1["served"] is False and lb1["stage"] == {"v2": True, "hundredths": 9000}
     finally:
         f.stop()
 

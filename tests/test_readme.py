@@ -3,8 +3,6 @@
 import re
 from pathlib import Path
 
-import click
-
 from lbsplit.cli import main
 from lbsplit.config import SCHEMA
 from lbsplit.errors import ExitCode
@@ -39,12 +37,6 @@ def test_every_exit_code_is_in_the_exit_code_table():
     documented = {int(code) for code in re.findall(r"^\| (\d+) \|", table, re.MULTILINE)}
     used = {v for k, v in vars(ExitCode).items() if not k.startswith("_")}
     assert used == documented
-
-
-def test_every_command_has_help_with_an_example():
-    for name, command in main.commands.items():
-        text = command.get_help(click.Context(command, info_name=name))
-        assert "Example" in text or "example" in text, name
 
 
 def test_every_failpoint_step_is_in_the_failpoints_paragraph():

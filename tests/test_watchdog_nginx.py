@@ -75,15 +75,15 @@ def test_sustained_breach_reverts_after_three_checks_and_notifies(sandbox, endpo
 
 
 def test_unreachable_endpoint_reverts_under_no_data_fail(sandbox, endpoint):
-    policy, reverted = "fail", True  # "ignore" is judged in-process: tests/test_watchdog_logic.py
-    configure(sandbox, endpoint, health_extra=f'no_data = "{policy}"\n')
+    # no_data = "ignore" is judged in-process: tests/test_watchdog_logic.py
+    configure(sandbox, endpoint, health_extra='no_data = "fail"\n')
     ok(run_cli(sandbox.config_path, "apply", "10"))
     endpoint.close()
     codes = [run_cli(sandbox.config_path, "watchdog", "--once").returncode for _ in range(3)]
-    assert codes[-1] == (EXIT_REVERTED if reverted else 0)
-    assert (v2_share(sandbox) == 0) == reverted
+    assert codes[-1] == EXIT_REVERTED
+    assert v2_share(sandbox) == 0
     log = (sandbox.state_dir / "watchdog.log").read_text()
-    assert f"no_data={policy}" in log and "connection refused" in log
+    assert "no_data=fail" in log and "connection refused" in log
 
 
 def test_cron_run_at_100_percent_checks_four_times_15s_apart(sandbox, endpoint):

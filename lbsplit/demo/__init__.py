@@ -2,4 +2,5 @@
 
 `sandbox` starts nginx on loopback with v1/v2 backends from the shipped snippets;
 the tests and benchmarks use it too. Nothing else in lbsplit imports this package.
+May import: fleet, rollout, nginx, resources.
 """

@@ -1,4 +1,7 @@
-"""What a change will write: the validated stage, rendered from a cached skeleton. Touches nothing live.
+"""What a change will write: the validated stage, rendered from a cached skeleton.
+
+It touches nothing nginx serves; it does write its own caches in state_dir (the render cache, and the
+lua runtime's control.token on first use).
 
 `plan` validates everything a stage needs (the whitelist through its cache) and returns a
 Plan that renders lbsplit.conf for any generation; `render_text` and `dry_run_diff` are the

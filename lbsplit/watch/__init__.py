@@ -7,5 +7,6 @@ judged through `sources`; `gate` is the promotion checklist (the transaction's p
 and runs apply, promote and revert with `hooks` (the user's commands) and `notify`
 (events in each chat tool's format); `watchdog` is the runner (probe, clock, decide,
 act through rollout), `memory` its state between runs; `planview` shows the plan,
-status and alerts. May import: rollout, nginx, model, errors, config.
+status and alerts.
+May import: rollout, nginx, model, errors, config, validate, progress.
 """
