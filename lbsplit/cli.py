@@ -369,6 +369,7 @@ def status_lines(s: dict) -> list[str]:
 def plan_command(obj: Context, as_json: bool, with_gate: bool) -> None:
     """Print the rollout plan (stages, thresholds, levels, windows, intervals) and where the rollout stands.
 
+    With --check, exit 8 when the gate refuses the next stage (as `lbsplit check` does).
     Example: lbsplit plan --check
     """
 
@@ -384,14 +385,16 @@ def plan_command(obj: Context, as_json: bool, with_gate: bool) -> None:
                 "items": [{"name": i.name, "ok": i.ok, "blocking": i.blocking, "detail": i.detail} for i in items]}
         if as_json:
             click.echo(json.dumps(view, indent=2))
-            return
-        for line in planview.plan_lines(view):
-            click.echo(line)
-        if view.get("gate"):
+        else:
+            for line in planview.plan_lines(view):
+                click.echo(line)
+        if view.get("gate") and not as_json:
             verdict = "refuses" if view["gate"]["refuses"] else "would let it through"
             click.echo(f"gate for {view['gate']['stage']}: {verdict}")
             for item in items:
                 click.echo(f"  {item.line()}")
+        if view.get("gate") and view["gate"]["refuses"]:  # the same exit code as `lbsplit check`
+            raise GateRefused(f"the promotion gate refuses {view['gate']['stage']} (see the items above)")
 
     run(go)
 

@@ -47,4 +47,6 @@ def test_render_needs_no_nginx_and_prints_the_config(tmp_path):
     assert "30% lbsplit_v2;" in result.stdout and "/lbsplit.d/whitelist-" in result.stdout
     ids = run_cli(path, "render", "30", "--whitelist-file")
     assert ids.returncode == 0 and ids.stdout == '    "\\\\x" lbsplit_v2;\n'
+    off = run_cli(path, "render", "off", "--whitelist-file")  # nothing to print is an error, not an empty exit 0
+    assert off.returncode == 2 and off.stdout == "" and "no whitelist map file at off" in off.stderr, off.stderr
     assert not (tmp_path / "state").exists()

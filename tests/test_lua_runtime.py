@@ -204,6 +204,9 @@ def control(sb: Sandbox, body: str, token: str | None, method: str = "POST") -> 
     ('{"generation":99,"stage":10001}', "TOKEN", "POST", 400),
     ('{"generation":99,"stage":-2}', "TOKEN", "POST", 400),
     ('{"generation":99,"stage":50.5}', "TOKEN", "POST", 400),
+    ('{"generation":99,"stage":-0}', "TOKEN", "POST", 400),  # would show as "percent": -0
+    ('{"generation":99,"stage":05000}', "TOKEN", "POST", 400),
+    ('{"generation":099,"stage":5000}', "TOKEN", "POST", 400),
     ('{"generation":"99","stage":5000}', "TOKEN", "POST", 400),
     ('{"generation":99999999999999999999,"stage":5000}', "TOKEN", "POST", 400),
     ("generation=99&stage=5000", "TOKEN", "POST", 400),
@@ -352,3 +355,28 @@ def test_report_reads_the_same_access_log_in_the_lua_runtime(lua_sb):
     got = served(lua_sb)
     report = json.loads(run_cli(lua_sb.config_path, "report", "--window", "1m", "--json").stdout)["variants"]
     assert report["v2"]["requests"] == got.count("v2") and report["v1"]["requests"] == got.count("v1")
+
+
+def test_http_level_access_rules_never_refuse_lbsplits_own_status_and_control(tmp_path, nginx_bin):
+    """auth_basic and allow/deny at http level are inherited by every server: lbsplit's own status and control
+    endpoints answer in the rewrite phase, before them, so apply and revert still work with no reload."""
+    sb = make(tmp_path / "sb", nginx_bin)
+    conf = sb.front.conf.read_text()
+    site_listen = f"listen 127.0.0.1:{sb.port};"
+    assert "http {" in conf and site_listen in conf
+    sb.front.conf.write_text(conf.replace("http {", 'http {\n    auth_basic "site";\n    auth_basic_user_file /dev/null;\n'
+                                          "    allow 192.0.2.1;\n    deny all;\n", 1)
+                             .replace(site_listen, f"{site_listen}\n        auth_basic off;\n        allow all;", 1))
+    started(sb)
+    try:
+        seen = []
+        for args, expected in ((("apply", "30", "--force"), 30), (("apply", "50", "--force"), 50), (("revert",), None)):
+            result = run_cli(sb.config_path, *args)
+            assert result.returncode == 0, result.stdout + result.stderr
+            got = answer(sb)
+            assert (got["percent"] if got["v2"] else None) == expected
+            seen.append(workers(sb))
+        assert seen[1] == seen[2] == seen[0]  # 50% and the revert went through the control endpoint, no reload
+        assert set(pipelined_variants(sb.port, IDS[:500])) == {"v1"}  # the site's own traffic, all on v1
+    finally:
+        sb.stop()

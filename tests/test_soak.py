@@ -158,9 +158,14 @@ def test_plan_check_shows_what_the_gate_says(sandbox):
     try:
         configure(sandbox, endpoint)
         ok(run_cli(sandbox.config_path, "apply", "10"))
-        shown = ok(run_cli(sandbox.config_path, "plan", "--check"))
+        shown = run_cli(sandbox.config_path, "plan", "--check")
+        assert shown.returncode == 8, shown.stderr  # what it prints and its exit code agree, as with `check`
         assert "gate for 30%: refuses" in shown.stdout and "[FAIL] soak: clean for 0m" in shown.stdout
-        view = json.loads(ok(run_cli(sandbox.config_path, "plan", "--check", "--json")).stdout)
+        assert run_cli(sandbox.config_path, "check").returncode == 8
+        as_json = run_cli(sandbox.config_path, "plan", "--check", "--json")
+        assert as_json.returncode == 8
+        view = json.loads(as_json.stdout)
         assert view["gate"]["refuses"] is True and any(i["name"] == "soak" for i in view["gate"]["items"])
+        assert ok(run_cli(sandbox.config_path, "plan")).returncode == 0  # without --check: a view, exit 0
     finally:
         endpoint.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -135,6 +136,15 @@ def ensure_dir(path: Path, mode: int = 0o755) -> None:
         raise os_problem("create", path, e) from None
 
 
+def _is_lbsplit(pid: int) -> bool:
+    """Is `pid` an lbsplit command (so that ending it runs lbsplit's own undo)? Read from /proc."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(b"lbsplit" in arg for arg in argv[:4])
+
+
 class Lock:
     """An exclusive flock on state_dir/lock, waited for up to `timeout` seconds.
 
@@ -142,11 +152,50 @@ class Lock:
     killed lbsplit never leaves a stale lock behind.
     """
 
-    def __init__(self, path: Path, timeout: float, purpose: str):
+    PREEMPT_AFTER = 0.3  # seconds a preempting lock (revert) waits before it ends the holder
+    GRACE = 0.8  # seconds the holder has after SIGTERM (its undo runs), and again after SIGKILL
+
+    def __init__(self, path: Path, timeout: float, purpose: str, preempt: bool = False):
         self.path = Path(path)
         self.timeout = timeout
         self.purpose = purpose
+        self.preempt = preempt  # a person's revert: end a holder that is not itself a revert
+        self.preempted: str | None = None  # whom it ended, for the command's output
         self._fd: int | None = None
+
+    def holder_pid(self) -> int | None:
+        """The holder's pid, from what it wrote into the lock file ("pid N (purpose)")."""
+        words = self.holder().split()
+        return int(words[1]) if len(words) > 1 and words[0] == "pid" and words[1].isdigit() else None
+
+    def _end_holder(self, fd: int) -> bool:
+        """SIGTERM, then SIGKILL, the lbsplit process holding the lock (its transaction is crash-safe at every
+        step: the undo runs on SIGTERM, repair from the journal after SIGKILL). True once the lock is ours."""
+        holder, pid = self.holder(), self.holder_pid()
+        if pid is None or pid == os.getpid() or "(revert" in holder or "(fleet " in holder or not _is_lbsplit(pid):
+            # Another revert does what we would; a fleet agent's change is its agent's (ending it would stop the
+            # agent); a holder we cannot name is waited for.
+            return False
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                return False
+            ended = f"{holder}, ended by {signal.Signals(sig).name}"
+            deadline = time.monotonic() + self.GRACE
+            while time.monotonic() < deadline:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    self.preempted = ", ".join(filter(None, [self.preempted, ended]))
+                    return True
+                except BlockingIOError:
+                    if self.holder_pid() not in (pid, None):  # ended, and a waiting command took the lock
+                        self.preempted = ", ".join(filter(None, [self.preempted, ended]))
+                        return False
+                    time.sleep(0.02)
+        return False
 
     def holder(self) -> str:
         try:
@@ -165,11 +214,19 @@ class Lock:
         started = time.monotonic()
         deadline = started + self.timeout
         told = False
+        next_preempt = started + self.PREEMPT_AFTER if self.preempt else float("inf")
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                # Again for each new holder: a command that was waiting may take the lock the moment one ends.
+                if time.monotonic() >= next_preempt:
+                    ended_before = self.preempted
+                    if self._end_holder(fd):
+                        break
+                    # a new holder is ended at once; one we may not end is waited for a while
+                    next_preempt = time.monotonic() + (0 if self.preempted != ended_before else self.PREEMPT_AFTER)
                 if not told and time.monotonic() - started > progress.AFTER:
                     progress.say(f"waiting for the lock held by {self.holder()} (up to {self.timeout:g}s)")
                     told = True

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Settings
+from ..errors import ConfigError
 from ..model import DEFAULT_FALLBACK_KEY, DEFAULT_KEY, DEFAULT_MODE, FULL, Mode, Runtime, Stage
 from ..nginx.dialect import (
     WHITELIST_DIR,
@@ -199,7 +200,12 @@ def render_text(settings: Settings, stage: Stage, whitelist_file: bool = False) 
     prepared = plan(settings, stage, use_cache=not whitelist_file)
     if whitelist_file:
         found = prepared.whitelist.file if prepared.whitelist else None
-        return (found.text if found else ""), prepared.warnings
+        if found is None:
+            why = ("v2 off includes no whitelist" if not stage.v2_enabled else
+                   "the whitelist is empty")
+            raise ConfigError(f"--whitelist-file: there is no whitelist map file at {stage.describe()} ({why}); "
+                              "run `lbsplit render PERCENT` without it")
+        return found.text, prepared.warnings
     return prepared.checked_text(StateStore(settings.state_dir).last_generation() + 1), prepared.warnings
 
 

@@ -27,6 +27,7 @@ from ..errors import (
     ConfigError,
     EnvironmentProblem,
     Interrupted,
+    LockBusy,
     LbsplitError,
     NginxTestFailed,
     ReloadFailed,
@@ -165,9 +166,11 @@ class Transaction:
         self.nginx = Nginx(settings.nginx)
         self.live = settings.nginx.live_file
         self.forced: list[str] = []  # set by the gate's precheck when --force overrides it
+        self.preempt = False  # a person's revert ends a holder of the lock instead of waiting for it
 
     def lock(self, purpose: str | None = None) -> files.Lock:
-        return files.Lock(self.store.lock_path, self.settings.lock_timeout, purpose or self.command)
+        return files.Lock(self.store.lock_path, self.settings.lock_timeout, purpose or self.command,
+                          preempt=self.preempt)
 
     # ---- the undo building blocks
     def _put_back(self, previous: bytes | None) -> None:
@@ -350,11 +353,16 @@ class Transaction:
         # Validate before waiting for the lock: bad input fails at once and changes nothing.
         with timing.phase("whitelist"):
             prepared = plan(self.settings, stage, remember=True)
+        seen = self.store.read_state_or_none() if stage.v2_enabled else None
         with contextlib.ExitStack() as scope:
             signals = scope.enter_context(Signals())
             if lock_held is None:
-                scope.enter_context(self.lock())
+                lock = scope.enter_context(self.lock())
+                if lock.preempted:
+                    messages.append(f"preempted {lock.preempted}: a revert does not wait")
             failpoint("after-lock")
+            if stage.v2_enabled:
+                self._refuse_widening_past_a_revert(seen, stage)
             try:
                 note = self.repair()
             except LbsplitError as e:
@@ -371,6 +379,17 @@ class Transaction:
                 outcome.messages.append(f"{signals.pending} arrived after nginx already served generation "
                                         f"{outcome.generation}: the change was completed and recorded")
             return outcome
+
+    def _refuse_widening_past_a_revert(self, seen: State | None, stage: Stage) -> None:
+        """A command that started before a revert must never widen after it: re-read, under the lock, what
+        is live, and refuse when a revert landed while this command waited."""
+        now_state = self.store.read_state_or_none()
+        if now_state is None or (seen is not None and now_state.generation == seen.generation):
+            return
+        if not now_state.v2_enabled and now_state.command.endswith("revert"):
+            raise LockBusy(f"a revert (generation {now_state.generation}, by {now_state.applied_by} at "
+                           f"{now_state.applied_at}) landed while this command waited; it does not widen past it. "
+                           f"Run it again to turn v2 on at {stage.describe()}")
 
     def _run_locked(self, prepared: Plan, messages: list[str], signals: Signals, install_only: bool) -> Outcome:
         stage = prepared.stage
@@ -669,7 +688,9 @@ def init(settings: Settings) -> Outcome:
 
 def revert(settings: Settings, reason: str = "") -> Outcome:
     """`lbsplit revert`: v2 off, even when an interrupted transaction cannot be repaired."""
-    return Transaction(settings, "revert", reason).run(Stage.off(), tolerate_repair_failure=True)
+    txn = Transaction(settings, "revert", reason)
+    txn.preempt = True
+    return txn.run(Stage.off(), tolerate_repair_failure=True)
 
 
 def repair(settings: Settings) -> str:

@@ -1,0 +1,66 @@
+"""A person's `revert` does not wait behind a slow command: it ends the holder of the lock (whose
+transaction is crash-safe at every step) and reverts; a command that started before the revert
+never widens after it. Real command line, real nginx, real requests."""
+
+import subprocess
+import sys
+import time
+
+from conftest import run_cli
+
+IDS = [f"user-{i}" for i in range(1000)] + ["test_user_001"]
+
+
+def share(sb) -> float:
+    return sb.variants(IDS).count("v2") / len(IDS)
+
+
+def start(sb, *args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lbsplit", "--config", str(sb.config_path), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
+        time.sleep(0.05)
+
+
+def test_revert_ends_a_slow_apply_and_nothing_widens_after_it(sandbox):
+    assert run_cli(sandbox.config_path, "apply", "10").returncode == 0
+    # A 40 s smoke test runs inside `apply 30`, under the lock; a second apply waits behind it.
+    sandbox.config_path.write_text(sandbox.config_path.read_text() + '\n[hooks]\npre_promote = ["sleep", "40"]\n')
+    lock = sandbox.state_dir / "lock"
+    slow = start(sandbox, "apply", "30")
+    wait_for(lambda: "apply 30" in lock.read_text(), "apply 30 holds the lock")
+    time.sleep(0.5)
+    assert slow.poll() is None, slow.communicate()
+    waiting = start(sandbox, "apply", "50", "--force")
+    time.sleep(0.5)  # it reads the live state, then waits for the lock
+    result = run_cli(sandbox.config_path, "revert", "--reason", "v2 misbehaves")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "preempted pid" in result.stdout and "apply 30" in result.stdout, result.stdout
+    assert share(sandbox) == 0.0
+    code, err = slow.wait(timeout=30), slow.stderr.read()
+    assert code == 130, err  # its undo ran: the previous file was back before the revert replaced it
+    # The waiting apply either took the lock first and was ended too (130), or took it after the revert
+    # and refused to widen past it (5): never anything that widens.
+    code, err = waiting.wait(timeout=60), waiting.stderr.read()
+    assert (code, code == 5 and "landed while this command waited" in err or code == 130) in ((5, True), (130, True)), err
+    assert share(sandbox) == 0.0  # nobody widened after the revert
+    assert run_cli(sandbox.config_path, "status").returncode == 0
+
+
+def test_revert_never_ends_another_revert(sandbox):
+    from lbsplit.rollout.files import Lock
+
+    assert run_cli(sandbox.config_path, "apply", "10").returncode == 0
+    with Lock(sandbox.state_dir / "lock", 0, "revert") as held:
+        proc = start(sandbox, "revert")
+        time.sleep(1.5)  # past PREEMPT_AFTER and both grace periods: it must still be waiting
+        assert proc.poll() is None
+        assert held.holder_pid() is not None
+    code, out = proc.wait(timeout=60), proc.stdout.read()
+    assert code == 0 and "preempted" not in out
+    assert share(sandbox) == 0.0
