@@ -97,7 +97,7 @@ def init(obj: Context) -> None:
     """Write the first lbsplit.conf (everyone on v1) and check it with nginx -t; no reload.
 
     Run it once, then add `include <output_dir>/lbsplit.conf;` to nginx's http block.
-    Example: lbsplit --config /etc/lbsplit.toml init
+    Example: lbsplit --config /etc/lbsplit/lbsplit.toml init
     """
 
     def go():
@@ -186,11 +186,12 @@ def check(obj: Context, percent: str | None) -> None:
 def watchdog(obj: Context, once: bool, loop: bool) -> None:
     """Check v2's health at the stage's frequency and revert on a sustained breach.
 
-    For cron, every minute: the run makes the checks that one minute holds (4 at 15 s)
-    and ends before the next. Exit 10 when it reverted, 11 when it cannot act (act now).
+    For cron, every minute: the run makes the checks that one minute holds at the live stage's
+    check_every (one a minute at 10%, four at 15 s at 100% with the plan's defaults; see
+    `lbsplit plan`) and ends before the next. Exit 10 when it reverted, 11 when it cannot act (act now).
     With [fleet]: one host's watchdog leads (an etcd lease) and reverts the whole fleet; the
     others exit 0 naming the leader (with --loop they stand by and take over).
-    Example crontab line: * * * * * lbsplit --config /etc/lbsplit.toml watchdog
+    Example crontab line: * * * * * lbsplit --config /etc/lbsplit/lbsplit.toml watchdog
     """
 
     def go():
@@ -256,7 +257,7 @@ def agent(obj: Context) -> None:
 
     Registers this host in etcd under a lease, validates and applies every fleet change with the
     local transaction, and reports what this host serves. Stops on SIGTERM. See
-    docs/examples/lbsplit-agent.service. Example: lbsplit --config /etc/lbsplit.toml agent
+    docs/examples/lbsplit-agent.service. Example: lbsplit --config /etc/lbsplit/lbsplit.toml agent
     """
     run(lambda: sys.exit(front.agent(obj.config_path, lambda m: click.echo(f"lbsplit agent: {m}", err=True))))
 

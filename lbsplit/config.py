@@ -420,11 +420,18 @@ def _status_listen(value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not is_port(port):
         raise ConfigError(f"nginx.status_listen: {value!r} must be address:port, e.g. {DEFAULT_STATUS_LISTEN}")
-    if not (host.startswith("127.") and host.replace(".", "").isdigit()) and host not in ("[::1]", "localhost"):
+    if not _loopback_ipv4(host) and host not in ("[::1]", "localhost"):
         raise ConfigError(
             f"nginx.status_listen: {value!r} must be on loopback (127.0.0.1 or [::1]) so the status page is not public"
         )
     return value
+
+
+def _loopback_ipv4(host: str) -> bool:
+    """127.x.y.z with four ASCII-decimal octets of 0-255 (str.isdigit() would take '¹' and '٣')."""
+    octets = host.split(".")
+    return len(octets) == 4 and octets[0] == "127" and all(
+        o.isascii() and o.isdigit() and len(o) <= 3 and int(o) <= 255 for o in octets)
 
 
 # What a revert needs; every other part of the config may be broken and a revert still runs.

@@ -102,7 +102,14 @@ def parse_server(text: object, field: str) -> Server:
             f"{field}: {text!r} contains characters nginx would read as syntax (; {{ }} quotes $ # \\); "
             "write an address and parameters only"
         )
-    address, *params = text.split()
+    odd = next((c for c in text if c.isspace() and c not in " \t"), None)
+    if odd is not None:
+        # nginx separates words by ASCII blanks only: U+2003 would glue "down" to the address for nginx
+        # while Python's split() would read it as a parameter.
+        raise ConfigError(f"{field}: {text!r} contains the blank U+{ord(odd):04X}; separate the address and "
+                          "parameters with plain spaces")
+    address, *params = text.replace("\t", " ").split(" ")
+    params = [param for param in params if param]
     kwargs: dict = {}
     for param in params:
         name, sep, value = param.partition("=")

@@ -66,6 +66,11 @@ def test_find_config_order(tmp_path, monkeypatch):
         ('[upstreams]\nv1=["a:1"]\nv2=["b:1"]\n[split]\nmode="random"', "split.mode:"),
         ('[upstreams]\nv1=["a:1"]\nv2=["b:1"]\n[split]\nwhitelist=[1]', "split.whitelist[0]: expected a string id"),
         ('[nginx]\nstatus_listen="0.0.0.0:9181"\n[upstreams]\nv1=["a:1"]', "nginx.status_listen: "),
+        # each passed validation and failed later in nginx -t (exit 3) instead of naming the field (exit 2)
+        ('[nginx]\nstatus_listen="127.0.0.1.5:9181"\n[upstreams]\nv1=["a:1"]', "nginx.status_listen: "),
+        ('[nginx]\nstatus_listen="127.0.0.\u00b9:9181"\n[upstreams]\nv1=["a:1"]', "nginx.status_listen: "),
+        ('[nginx]\nstatus_listen="127.999.0.1:9181"\n[upstreams]\nv1=["a:1"]', "nginx.status_listen: "),
+        ('[nginx]\nstatus_listen="[fe80::1%eth0]:8080"\n[upstreams]\nv1=["a:1"]', "nginx.status_listen: "),
         ('[nginx]\nreload_command="nginx -s reload"\n[upstreams]\nv1=["a:1"]', "nginx.reload_command: expected a list"),
         ('lock_timeout = true\n[upstreams]\nv1=["a:1"]', "lock_timeout: expected a number"),
         ('[upstreams]\nv1=["a:1 backup"]', "every server is backup or down"),

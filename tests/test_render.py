@@ -56,7 +56,8 @@ def test_render_matches_golden_file(name):
 
 def test_off_stage_never_mentions_v2_or_the_whitelist():
     text = render(inputs(Stage.off(), whitelist=WHITELIST))
-    assert "lbsplit_v2" not in text
+    # The name lbsplit_v2 stays defined (a site may name it), but holds only v1's servers; nothing routes to it.
+    assert "lbsplit_v2;" not in text and "default lbsplit_v1;" in text
     assert "10.0.1.1" not in text
     assert "test_user_001" not in text
 
@@ -141,3 +142,38 @@ def test_whitelist_lines_equal_one_map_key_per_line(ids):
     from lbsplit.nginx.dialect import whitelist_lines
 
     assert whitelist_lines(tuple(ids)) == "".join(f"    {map_key(i)} lbsplit_v2;\n" for i in ids)
+
+
+def defined_names(text: str) -> set[str]:
+    """Every variable, upstream and log format a rendered lbsplit.conf defines, read back with crossplane."""
+    import dataclasses
+
+    from lbsplit.nginx.dialect import _parse
+
+    names = set()
+    for d in _parse(text):
+        if d["directive"] in ("map", "split_clients"):
+            names.add(d["args"][-1])
+        elif d["directive"] in ("upstream", "log_format"):
+            names.add(f"{d['directive']} {d['args'][0]}")
+    return names
+
+
+@pytest.mark.parametrize("runtime", ["reload", "lua"])
+def test_every_name_lbsplit_conf_defines_at_one_stage_it_defines_at_every_stage(runtime):
+    """A site that logs $lbsplit_key or names upstream lbsplit_v2 must pass nginx -t after a revert too."""
+    import dataclasses
+
+    modes = ("hash",) if runtime == "lua" else ("hash", "weight")
+    stages = [Stage.off(), Stage.at(0), Stage.at(1000), Stage.at(3333), Stage.at(10000)]
+    found = {}
+    for mode in modes:
+        for stage in stages:
+            for whitelist in (WHITELIST, ()):
+                inp = dataclasses.replace(inputs(stage, mode=mode, whitelist=whitelist), runtime=runtime,
+                                          token_digest="x" * 28)
+                found[(mode, stage.describe(), bool(whitelist))] = defined_names(render(inp))
+    union = set().union(*found.values())
+    assert {"$lbsplit_key", "$lbsplit_split", "$lbsplit_upstream", "upstream lbsplit_v1", "upstream lbsplit_v2",
+            "upstream lbsplit_pool", "log_format lbsplit"} <= union
+    assert {case: sorted(union - names) for case, names in found.items() if union - names} == {}

@@ -48,6 +48,8 @@ def test_servers_accepted(text, line):
         ("under_score:80", "host name"),
         ("unix:relative.sock", "unix socket"),
         ("10.0.0.1:80 $x", "syntax"),
+        ("10.0.0.1:80\u2003down", "U+2003"),  # for nginx one word, for str.split() two
+        ("10.0.0.1:80\u00a0weight=2", "U+00A0"),
         ("", "expected a string"),
         (8080, "expected a string"),
     ],

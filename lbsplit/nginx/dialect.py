@@ -281,7 +281,6 @@ def render(inp: RenderInput) -> str:
     included = inp.include_file if on and inp.include else None
     lua = inp.runtime == Runtime.LUA
     lua_split = lua and on  # the lua handler decides every request's variant from the live stage
-    v2_needed = on and (bool(whitelist) or included is not None or h > 0 or lua_split)
     pool_lines: list[str] = []
     split = False
     if not on or h == 0:
@@ -309,7 +308,7 @@ def render(inp: RenderInput) -> str:
         key=inp.key,
         fallback_key=inp.fallback_key,
         v1_lines=[s.line() for s in inp.v1],
-        v2_lines=[s.line() for s in inp.v2] if v2_needed else [],
+        v2_lines=[s.line() for s in inp.v2] if on else [],  # named at every stage: v1's servers when off
         pool_lines=pool_lines,
         split=split,
         default_target=default_target,
