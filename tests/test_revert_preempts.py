@@ -64,3 +64,27 @@ def test_revert_never_ends_another_revert(sandbox):
     code, out = proc.wait(timeout=60), proc.stdout.read()
     assert code == 0 and "preempted" not in out
     assert share(sandbox) == 0.0
+
+
+def test_revert_ends_by_asking_v1_through_nginx_and_only_warns_when_v1_fails(sandbox):
+    from lbsplit.demo.sandbox import free_port
+
+    assert run_cli(sandbox.config_path, "apply", "10").returncode == 0
+    result = run_cli(sandbox.config_path, "revert")
+    assert result.returncode == 0, result.stderr
+    assert "v1 answers through nginx: 5/5 (200 x5)" in result.stdout, result.stdout
+    entries = run_cli(sandbox.config_path, "history", "--json").stdout.splitlines()
+    assert "v1 answers through nginx: 5/5" in entries[-1]
+    # v1 down (nothing listens on its port): the revert still happens and exits 0, and says so loudly.
+    sandbox.write_config(whitelist=["test_user_001"], v1=[f"127.0.0.1:{free_port()}"])
+    assert run_cli(sandbox.config_path, "apply", "10").returncode == 0
+    result = run_cli(sandbox.config_path, "revert")
+    assert result.returncode == 0, result.stderr
+    assert "WARNING: v1 answers through nginx: 0/5 (502 x5)" in result.stdout, result.stdout
+    assert json_stage(sandbox) is False
+
+
+def json_stage(sb) -> bool:
+    import json
+
+    return json.loads(run_cli(sb.config_path, "status", "--json").stdout)["v2_enabled"]

@@ -24,6 +24,7 @@ from ..model import DEFAULT_RUNTIME, FULL, Mode, Runtime, Server, Stage
 ENTRY_FILE = "lbsplit.conf"
 STATUS_PATH = "/lbsplit/status"
 CONTROL_PATH = "/lbsplit/control"  # the lua runtime's endpoint that sets the live stage
+V1_CHECK_PATH = "/lbsplit/v1-check"  # proxies to upstream lbsplit_v1: a revert asks v1 through nginx
 TOKEN_HEADER = "X-Lbsplit-Token"
 # The two lines that hold a file's generation and stage. In the lua runtime they are the only
 # lines a percent change or a revert rewrites (restage); `stage` is hundredths, -1 for v2 off.
@@ -322,6 +323,7 @@ def render(inp: RenderInput) -> str:
         log_format="\\t".join(LOG_FIELDS),
         owner=inp.owner,
         status_path=STATUS_PATH,
+        v1_check_path=V1_CHECK_PATH,
     )
 
 

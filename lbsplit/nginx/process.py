@@ -21,7 +21,7 @@ from pathlib import Path
 from .. import progress
 from ..config import NginxSettings
 from ..errors import EnvironmentProblem, NginxTestFailed, ReloadFailed
-from .dialect import CONTROL_PATH, ENTRY_FILE, STATUS_PATH, TOKEN_HEADER, parse_status
+from .dialect import CONTROL_PATH, ENTRY_FILE, STATUS_PATH, TOKEN_HEADER, V1_CHECK_PATH, parse_status
 
 COMMAND_TIMEOUT = 300  # nginx -t on a 1M-id whitelist takes seconds, not minutes
 
@@ -393,6 +393,14 @@ class Nginx:
         if answer is None or answer[0] != b"200":
             return None
         return parse_status(answer[1])
+
+    def ask_v1(self, times: int = 5) -> list[str]:
+        """Send `times` requests to upstream lbsplit_v1 through nginx; each answer's status ("" for none)."""
+        codes = []
+        for _ in range(times):
+            answer = self._exchange(f"GET {V1_CHECK_PATH} HTTP/1.0\r\nHost: lbsplit\r\n\r\n".encode())
+            codes.append(answer[0].decode("ascii", "replace") if answer else "")
+        return codes
 
     def set_live(self, generation: int, stage: int, token: str) -> None:
         """The lua runtime: set the stage every worker reads (hundredths, -1: v2 off). No reload."""

@@ -380,6 +380,15 @@ class Transaction:
                                         f"{outcome.generation}: the change was completed and recorded")
             return outcome
 
+    def _v1_check(self, stage: Stage, messages: list[str]) -> str:
+        """After a revert that nginx serves: a few requests to v1 through nginx (the plan's last rollback step).
+        A warning at most, never an undo; returns the words for the history's result."""
+        if stage.v2_enabled or self.command != "revert":
+            return ""
+        ok, text = v1_verdict(self.nginx.ask_v1(V1_CHECKS))
+        messages.append(text if ok else f"WARNING: {text}; the revert stands (everyone is on v1): check v1 now")
+        return f"; {text}"
+
     def _refuse_widening_past_a_revert(self, seen: State | None, stage: Stage) -> None:
         """A command that started before a revert must never widen after it: re-read, under the lock, what
         is live, and refuse when a revert landed while this command waited."""
@@ -471,7 +480,7 @@ class Transaction:
             result = "installed; nginx not running, not reloaded"
         else:
             messages.append(f"nginx serves generation {generation}: v2 {stage.describe()} ({share(stage, prepared.inputs.mode)})")
-            result = "applied and verified"
+            result = "applied and verified" + self._v1_check(stage, messages)
         self._commit(generation, stage, data, master is not None, result, layout)
         self._tidy(prepared, messages)
         return Outcome(generation, stage, changed=True, reloaded=master is not None, messages=messages)
@@ -544,7 +553,7 @@ class Transaction:
         else:
             messages.append(f"nginx serves generation {generation}: v2 {stage.describe()} "
                             f"({share(stage, prepared.inputs.mode)}), set live with no reload")
-            result = "set live (lua runtime, no reload)"
+            result = "set live (lua runtime, no reload)" + self._v1_check(stage, messages)
         self._commit(generation, stage, data, master is not None, result)
         return Outcome(generation, stage, changed=True, reloaded=False, messages=messages)
 
@@ -679,6 +688,19 @@ class Transaction:
             f"nginx still serves generation {seen} after {self.settings.nginx.verify_timeout:g}s, not {generation}; "
             "the reload did not take effect (nginx's error log says why, e.g. a port in use)"
         )
+
+
+V1_CHECKS = 5  # requests a revert sends to v1 through nginx
+
+
+def v1_verdict(codes: list[str]) -> tuple[bool, str]:
+    """(v1 healthy?, "v1 answers through nginx: 5/5 (200 x5)"): an answer below 500 counts, none or 5xx does not."""
+    good = [c for c in codes if c.isdigit() and int(c) < 500]
+    counted = {}
+    for c in codes:
+        counted[c or "no answer"] = counted.get(c or "no answer", 0) + 1
+    detail = ", ".join(f"{c} x{n}" for c, n in sorted(counted.items()))
+    return len(good) == len(codes), f"v1 answers through nginx: {len(good)}/{len(codes)} ({detail})"
 
 
 def init(settings: Settings) -> Outcome:
