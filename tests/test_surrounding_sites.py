@@ -34,3 +34,29 @@ def test_a_site_logging_lbsplit_variables_and_naming_its_upstreams_survives_ever
     logged = site_log.read_text().splitlines()
     assert logged and all(len(line.split()) == 4 for line in logged)
     assert any(" user-7 " in f" {line} " for line in logged)  # $lbsplit_key is the id, at every stage
+
+
+def test_an_output_dir_read_by_a_wildcard_include_is_refused_before_anything_is_written(sandbox):
+    """Debian's `include /etc/nginx/conf.d/*;`: lbsplit's own folder there would be loaded as a config file."""
+    conf = sandbox.front.conf
+    text = conf.read_text()
+    explicit = f"include {sandbox.output_dir}/lbsplit.conf;"
+    assert explicit in text
+    conf.write_text(text.replace(explicit, f"include {sandbox.output_dir}/*;"))  # picks lbsplit.conf up too
+    sandbox.front.stop()
+    sandbox.front.start(wait_port=sandbox.port)
+    before = sorted(p.name for p in sandbox.output_dir.iterdir())
+    live = (sandbox.output_dir / "lbsplit.conf").read_bytes()
+    result = run_cli(sandbox.config_path, "apply", "10")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "nginx.output_dir" in result.stderr and f"include {sandbox.output_dir}/*" in result.stderr
+    assert result.stderr.count("\n") == 1  # one line
+    assert sorted(p.name for p in sandbox.output_dir.iterdir()) == before  # no lbsplit.d/ left behind
+    assert (sandbox.output_dir / "lbsplit.conf").read_bytes() == live
+    assert share(sandbox) == 0.0
+    revert = run_cli(sandbox.config_path, "revert")
+    assert revert.returncode == 0, revert.stderr
+    import subprocess
+
+    assert subprocess.run([sandbox.binary, "-t", "-q", "-p", str(sandbox.front.prefix), "-c", str(conf)],
+                          capture_output=True).returncode == 0  # every later reload still works

@@ -6,6 +6,7 @@ nginx serves: a plain HTTP/1.0 GET over a socket, so this module needs no HTTP l
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -44,6 +45,18 @@ class Dump:
     files: tuple[str, ...]
     listens: tuple[tuple[str, str], ...]  # (file, the listen directive's address)
     lua_rewrites: tuple[tuple[str, int], ...] = ()  # (file, line) of rewrite_by_lua* directives
+    globs: tuple[tuple[str, str], ...] = ()  # (file, pattern) of include directives with a wildcard
+    prefix: str = ""  # where relative include patterns start (nginx's conf folder)
+
+    def glob_reading(self, path: Path) -> list[str]:
+        """Wildcard includes that pick up `path` (a file or a folder), as "file: include PATTERN"."""
+        target = os.path.normpath(str(path))
+        found = []
+        for file, pattern in self.globs:
+            full = pattern if pattern.startswith("/") else os.path.join(self.prefix or os.path.dirname(file), pattern)
+            if fnmatch.fnmatchcase(target, os.path.normpath(full)):
+                found.append(f"{file}: include {pattern}")
+        return found
 
     def own_lua_rewrites(self, own_file: Path) -> list[str]:
         """rewrite_by_lua* handlers outside `own_file`, as "file:line": they replace lbsplit's http-level one."""
@@ -72,12 +85,13 @@ class Dump:
 
 _FILE_LINE = re.compile(r"^# configuration file (.+):$")
 _LISTEN = re.compile(r"(?:^|[\s;{])listen\s+([^\s;]+)")
+_INCLUDE = re.compile(r"(?:^|[\s;{])include\s+([^\s;]+)")
 _LUA_REWRITE = re.compile(r"(?:^|[\s;{])rewrite_by_lua(?:_block|_file)?\s")
 
 
-def parse_dump(text: str) -> Dump:
-    """The files and listen addresses of `nginx -T` output."""
-    files, listens, rewrites, current, number = [], [], [], "", 0
+def parse_dump(text: str, prefix: str = "") -> Dump:
+    """The files, listen addresses and wildcard includes of `nginx -T` output."""
+    files, listens, rewrites, globs, current, number = [], [], [], [], "", 0
     for line in text.splitlines():
         match = _FILE_LINE.match(line)
         if match:
@@ -90,7 +104,10 @@ def parse_dump(text: str) -> Dump:
             listens.extend((current, m.group(1)) for m in _LISTEN.finditer(code))
         if "rewrite_by_lua" in code and _LUA_REWRITE.search(code):
             rewrites.append((current, number))
-    return Dump(tuple(files), tuple(listens), tuple(rewrites))
+        if "include" in code:
+            globs.extend((current, m.group(1).strip("'\"")) for m in _INCLUDE.finditer(code) if any(
+                c in m.group(1) for c in "*?["))
+    return Dump(tuple(files), tuple(listens), tuple(rewrites), tuple(globs), prefix)
 
 
 def _option_values(args: list[str]) -> dict[str, str]:
@@ -197,7 +214,7 @@ class Nginx:
         result = _run(self.settings.base_argv() + ["-T"], "nginx -T")
         if result.returncode != 0:
             return None
-        return parse_dump(result.stdout)
+        return parse_dump(result.stdout, prefix=str(Path(self.settings.conf).parent))  # nginx's conf prefix
 
     def reload(self, master: int | None = None) -> None:
         """Ask the master to reload. It returns at once; the switch happens later (see wait_serving).

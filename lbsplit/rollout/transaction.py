@@ -420,10 +420,11 @@ class Transaction:
                 messages.append(f"already live: generation {state.generation} (v2 {stage.describe()}); nothing changed")
                 return Outcome(state.generation, stage, changed=False, reloaded=False, messages=messages)
         self._check_owner(previous, stage, messages)
+        # A revert is the break-glass: it never waits for a layout check to pass. The check comes before the
+        # whitelist's folder is made: a wildcard include that would read that folder is refused first.
+        layout = self._check_layout(state, messages) if master is not None and stage.v2_enabled else None
         prepared = self._install_whitelist(prepared)
         failpoint("after-include")
-        # A revert is the break-glass: it never waits for a layout check to pass.
-        layout = self._check_layout(state, messages) if master is not None and stage.v2_enabled else None
         generation = self.store.last_generation() + 1
         with timing.phase("render"):
             data = prepared.checked_text(generation).encode("utf-8")
@@ -613,6 +614,14 @@ class Transaction:
             raise ConfigError(
                 f"nginx.output_dir: {self.settings.nginx.conf} does not include {self.live}, so nginx would never "
                 f"serve it; add `include {self.live};` inside its http {{ }} block and run `nginx -s reload` once")
+        folder = whitelist_dir(self.settings)
+        globbed = dump.glob_reading(folder)
+        if globbed:
+            raise ConfigError(
+                f"nginx.output_dir: {self.settings.nginx.output_dir} is read by a wildcard include ({globbed[0]}), "
+                f"which would load lbsplit's folder {folder.name}/ as a config file (nginx -t: Is a directory); "
+                "give lbsplit an output_dir of its own that no wildcard include reads (e.g. /etc/nginx/lbsplit) "
+                "and include its lbsplit.conf by name; nothing was changed")
         clashes = dump.clashes(self.settings.nginx.status_listen, self.live)
         if clashes:
             raise ConfigError(
