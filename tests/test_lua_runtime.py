@@ -381,3 +381,21 @@ def test_http_level_access_rules_never_refuse_lbsplits_own_status_and_control(tm
         assert set(pipelined_variants(sb.port, IDS[:500])) == {"v1"}  # the site's own traffic, all on v1
     finally:
         sb.stop()
+
+
+def test_a_revert_the_control_endpoint_refuses_falls_back_to_a_reload(tmp_path, nginx_bin):
+    # A site-wide client_max_body_size of 1 byte makes nginx refuse the control request's body (413).
+    sb = make(tmp_path / "sb", nginx_bin)
+    sb.front.conf.write_text(sb.front.conf.read_text().replace("http {", "http {\n    client_max_body_size 1;", 1))
+    started(sb)
+    try:
+        assert run_cli(sb.config_path, "apply", "30", "--force").returncode == 0  # v2 comes in with a reload
+        assert answer(sb)["percent"] == 30
+        result = run_cli(sb.config_path, "revert")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "reverting through a reload instead" in result.stdout and "413" in result.stdout, result.stdout
+        assert answer(sb)["v2"] is False
+        assert set(served(sb)) == {"v1"}
+        assert run_cli(sb.config_path, "status").returncode == 0
+    finally:
+        sb.stop()

@@ -412,7 +412,16 @@ class Transaction:
         if not install_only and self.settings.nginx.runtime == Runtime.LUA:
             zero_reload = self._restaged(prepared, state, previous)
             if zero_reload is not None:
-                return self._run_live(prepared, zero_reload, state, previous, master, messages, signals)
+                try:
+                    return self._run_live(prepared, zero_reload, state, previous, master, messages, signals)
+                except ReloadFailed as e:
+                    if stage.v2_enabled:
+                        raise
+                    # A revert does not give up when the control endpoint refuses (a changed token, a proxy or
+                    # rule in front of it): its undo put the file back; now the reload path, which needs none of it.
+                    messages.append(f"the lua control endpoint failed ({str(e).splitlines()[0]}); "
+                                    "reverting through a reload instead")
+                    state, previous = self.store.read_state_or_none(), files.read_bytes(self.live)
         if state is not None and previous is not None and not install_only:
             if prepared.text(state.generation).encode() == previous and (
                 master is None or self.nginx.serving_generation() == state.generation
