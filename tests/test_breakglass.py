@@ -128,6 +128,27 @@ def test_status_listen_on_the_sites_own_address_is_refused(sandbox):
     assert live(sandbox) == before and sandbox.variants(IDS) == traffic
 
 
+def test_init_refuses_a_status_listen_the_site_already_listens_on(tmp_path, nginx_bin):
+    """Before the include is added (the README's order), init sees the site's listens and refuses a clash."""
+    from conftest import REPO
+    from lbsplit.demo.sandbox import Sandbox
+
+    sb = Sandbox(tmp_path / "sb", binary=nginx_bin, nginx_dir=REPO / "nginx")
+    sb.write_config(whitelist=["test_user_001"])
+    prefix = sb.front.prefix
+    sb.front.conf.write_text(sb.front.conf.read_text()
+                             .replace(f"include {sb.output_dir}/lbsplit.conf;", "")
+                             .replace(f"include {sb.nginx_dir}/lbsplit-proxy.conf;", "return 200 'site\\n';")
+                             .replace(f"access_log {prefix}/lbsplit-access.log lbsplit;", ""))
+    text = sb.config_path.read_text()
+    sb.config_path.write_text(text.replace(f"127.0.0.1:{sb.status_port}", f"127.0.0.1:{sb.port}"))
+    err = one_line(run_cli(sb.config_path, "init"), 2)
+    assert "nginx.status_listen" in err and f"listen 127.0.0.1:{sb.port}" in err
+    assert not (sb.output_dir / "lbsplit.conf").exists()
+    sb.config_path.write_text(text)  # a free port: init goes through
+    assert run_cli(sb.config_path, "init").returncode == 0
+
+
 # 18. The include missing from nginx.conf: refused at once with the line to add.
 def test_a_missing_include_is_refused_with_the_line_to_add(sandbox):
     conf = sandbox.front.conf.read_text()

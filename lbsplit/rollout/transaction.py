@@ -409,6 +409,8 @@ class Transaction:
             messages.append(f"{self.live} already exists (generation {state.generation}); nothing to do")
             return Outcome(state.generation, stage, changed=False, reloaded=False, messages=messages)
         master = None if install_only else self.nginx.master_pid()
+        if install_only:
+            self._refuse_status_clash()
         if not install_only and self.settings.nginx.runtime == Runtime.LUA:
             zero_reload = self._restaged(prepared, state, previous)
             if zero_reload is not None:
@@ -631,18 +633,24 @@ class Transaction:
                 f"which would load lbsplit's folder {folder.name}/ as a config file (nginx -t: Is a directory); "
                 "give lbsplit an output_dir of its own that no wildcard include reads (e.g. /etc/nginx/lbsplit) "
                 "and include its lbsplit.conf by name; nothing was changed")
-        clashes = dump.clashes(self.settings.nginx.status_listen, self.live)
-        if clashes:
-            raise ConfigError(
-                f"nginx.status_listen: {self.settings.nginx.status_listen} is taken by your own server "
-                f"({'; '.join(clashes[:3])}); lbsplit's status page would answer there instead of your site. "
-                "Pick a free loopback port, e.g. 127.0.0.1:9181")
+        self._refuse_status_clash(dump)
         if self.settings.nginx.runtime == Runtime.LUA:
             for where in dump.own_lua_rewrites(self.live)[:5]:
                 messages.append(
                     f"WARNING: {where} has its own rewrite_by_lua handler, which replaces lbsplit's: requests there "
                     "all go to v1 unless that handler first calls lbsplit_rewrite()")
         return key
+
+    def _refuse_status_clash(self, dump=None) -> None:
+        """No server of the site may listen on status_listen: with reuseport, lbsplit's status page would
+        answer some of the site's connections. `init` checks it too (its config need not include us yet)."""
+        dump = dump or self.nginx.dump()
+        clashes = dump.clashes(self.settings.nginx.status_listen, self.live) if dump else []
+        if clashes:
+            raise ConfigError(
+                f"nginx.status_listen: {self.settings.nginx.status_listen} is taken by your own server "
+                f"({'; '.join(clashes[:3])}); lbsplit's status page would answer there instead of your site. "
+                "Pick a free loopback port, e.g. 127.0.0.1:9181; nothing was changed")
 
     def _check_owner(self, previous: bytes | None, stage: Stage, messages: list[str]) -> None:
         """One output_dir, one lbsplit config: refuse to overwrite a file another state_dir manages."""
