@@ -399,3 +399,35 @@ def test_a_full_state_dir_fails_before_the_point_of_no_return(sandbox):
         ok(run_cli(sandbox.config_path, "apply", "30"))
     finally:
         subprocess.run(["umount", str(sandbox.state_dir)], capture_output=True)
+
+
+def test_a_nearly_full_state_dir_does_not_stop_a_revert(tmp_path, nginx_bin):
+    """592 KiB free in state_dir: a revert needs the few KB it writes, not a fixed 1 MiB margin."""
+    from conftest import REPO
+    from lbsplit.demo.sandbox import Sandbox
+
+    sb = Sandbox(tmp_path / "sb", binary=nginx_bin, nginx_dir=REPO / "nginx")
+    sb.state_dir.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(sb.state_dir)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        sb.write_config(whitelist=["test_user_001"])
+        assert run_cli(sb.config_path, "init").returncode == 0
+        sb.start()
+        ok(run_cli(sb.config_path, "apply", "30"))
+        st = os.statvfs(sb.state_dir)
+        filler = st.f_bavail * st.f_frsize - 592 * 1024
+        (sb.state_dir / "filler").write_bytes(b"\0" * filler)
+        st = os.statvfs(sb.state_dir)
+        assert 560 * 1024 <= st.f_bavail * st.f_frsize <= 600 * 1024
+        result = run_cli(sb.config_path, "revert")
+        assert result.returncode == 0, result.stderr
+        assert set(sb.variants(IDS)) == {"v1"}
+        assert json.loads(run_cli(sb.config_path, "status", "--json").stdout)["v2_enabled"] is False
+        refused = run_cli(sb.config_path, "apply", "30")  # a widening still wants its margin
+        assert refused.returncode == 6 and "Free some space" in refused.stderr
+    finally:
+        sb.stop()
+        subprocess.run(["umount", str(sb.state_dir)], capture_output=True)

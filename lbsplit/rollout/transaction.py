@@ -673,7 +673,12 @@ class Transaction:
         except OSError:
             return
         free = st.f_bavail * st.f_frsize
-        needed = size + (1 << 20)  # backup (often a hard link) + state + history + journal, with room to spare
+        if self.command == "revert":
+            # The break-glass needs what it writes, no margin: a backup and a saved copy of a small file, the
+            # journal, state and a history line. A nearly full disk must not keep v2 on.
+            needed = 2 * size + (64 << 10)
+        else:
+            needed = size + (1 << 20)  # backup (often a hard link) + state + history + journal, with room to spare
         if free < needed:
             raise EnvironmentProblem(f"state_dir {self.store.dir} has {free // 1024} KiB free; recording this change "
                                      f"needs about {needed // 1024} KiB. Free some space; nothing was changed")
