@@ -338,6 +338,9 @@ def status_lines(s: dict) -> list[str]:
         workers = (s["serving_answer"] or {}).get("workers")
         live = f" from all {len(workers)} workers (lua runtime: stage set live)" if isinstance(workers, list) else ""
         lines.append(f"serving:     yes, nginx answers generation {s['serving_generation']}{live}")
+    elif s["serving_answer"] is None:  # nginx runs, but nothing answers on status_listen
+        lines.append("serving:     NO, nginx runs but nothing answers on nginx.status_listen: does nginx include "
+                     "lbsplit.conf yet (and was it reloaded since)?")
     else:
         lines.append(f"serving:     NO, nginx answers {json.dumps(s['serving_answer'])}")
         if s["served_owner"] not in (None, s["owner"]):

@@ -159,6 +159,8 @@ def test_a_missing_include_is_refused_with_the_line_to_add(sandbox):
                   .replace(f"access_log {prefix}/lbsplit-access.log lbsplit;", ""))
     err = one_line(run_cli(sandbox.config_path, "apply", "10"), 2)
     assert f"add `include {sandbox.output_dir / 'lbsplit.conf'};`" in err
+    status = run_cli(sandbox.config_path, "status")
+    assert status.returncode == 9 and "does nginx include lbsplit.conf yet" in status.stdout, status.stdout
 
 
 # 6. Typos and wrong types outside what a revert needs: revert warns and proceeds.

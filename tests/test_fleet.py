@@ -113,6 +113,9 @@ def test_etcd_down_agents_keep_serving_local_revert_works_and_nobody_widens_afte
         assert fleet.variants(2) == before
         refused = fleet.cli(0, "revert")
         assert refused.returncode == 6 and "revert --local" in refused.stderr
+        for command in ("status", "history"):
+            seen = fleet.cli(0, command)
+            assert seen.returncode == 6 and f"`lbsplit {command} --local`" in seen.stderr, seen.stderr
         local = fleet.cli(1, "revert", "--local", "--reason", "etcd down, v2 misbehaves on lb-1")
         assert local.returncode == 0, local.stderr
         assert "locally overridden" in local.stdout

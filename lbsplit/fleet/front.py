@@ -96,10 +96,20 @@ def agent(config_path, log) -> int:
     return Agent(config_path, log=log).run()
 
 
+def _or_local(call, what: str):
+    """A fleet read; with etcd away, the error says how to look at this host alone."""
+    from .store import StoreUnavailable  # noqa: PLC0415
+
+    try:
+        return call()
+    except StoreUnavailable as e:
+        raise StoreUnavailable(f"{e}. This host alone, without etcd: `lbsplit {what} --local`") from None
+
+
 def fleet_status(settings: Settings, local: bool) -> dict | None:
     """The fleet's status (raises NotServing after it is printed: see require_serving), or None for this host's."""
     fleet = None if local else _fleet(settings)
-    return fleet.status(settings) if fleet else None
+    return _or_local(lambda: fleet.status(settings), "status") if fleet else None
 
 
 def require_serving(status: dict) -> None:
@@ -113,7 +123,7 @@ def history(settings: Settings, local: bool) -> tuple[list[dict], bool]:
     fleet = None if local else _fleet(settings)
     if fleet is None:
         return StateStore(settings.state_dir).read_history(), False
-    return fleet.history(settings), True
+    return _or_local(lambda: fleet.history(settings), "history"), True
 
 
 def watchdog(settings: Settings, health, mode: str, echo, chatty: bool) -> int:
