@@ -128,6 +128,17 @@ def test_status_listen_on_the_sites_own_address_is_refused(sandbox):
     assert live(sandbox) == before and sandbox.variants(IDS) == traffic
 
 
+def test_revert_keeps_the_live_status_listen_rather_than_take_the_sites_port(sandbox):
+    ok(run_cli(sandbox.config_path, "apply", "10"))
+    text = sandbox.config_path.read_text()
+    sandbox.config_path.write_text(text.replace(f"127.0.0.1:{sandbox.status_port}", f"127.0.0.1:{sandbox.port}"))
+    result = run_cli(sandbox.config_path, "revert")
+    assert result.returncode == 0, result.stderr
+    assert f"kept the live 127.0.0.1:{sandbox.status_port}" in result.stdout
+    assert f"listen 127.0.0.1:{sandbox.status_port};" in live(sandbox).decode()
+    assert set(sandbox.variants(IDS)) == {"v1"}  # the site's port still answers the site, everyone on v1
+
+
 def test_init_refuses_a_status_listen_the_site_already_listens_on(tmp_path, nginx_bin):
     """Before the include is added (the README's order), init sees the site's listens and refuses a clash."""
     from conftest import REPO

@@ -461,6 +461,16 @@ def whitelist_ids(text: str) -> list[str]:
 _OWNER_LINE = re.compile(r"^# Owner: (\S+) ", re.MULTILINE)
 
 
+_STATUS_LISTEN = re.compile(r"^# lbsplit asks this page which generation nginx serves after a reload\.\n"
+                            r"server \{\n    listen ([^\s;]+);$", re.MULTILINE)
+
+
+def status_listen_of(text: str) -> str | None:
+    """The address lbsplit's status server listens on in a rendered lbsplit.conf, or None."""
+    match = _STATUS_LISTEN.search(text)
+    return match.group(1) if match else None
+
+
 def owner_of(text: str) -> str | None:
     """The owner a rendered lbsplit.conf names, or None (a file from before owners were written)."""
     match = _OWNER_LINE.search(text[:2000])

@@ -45,6 +45,7 @@ from ..nginx.dialect import (
     owner_of,
     reports_stage,
     restage,
+    status_listen_of,
 )
 from ..nginx.process import Nginx
 from . import files, wlcache
@@ -741,9 +742,20 @@ def init(settings: Settings) -> Outcome:
 
 def revert(settings: Settings, reason: str = "") -> Outcome:
     """`lbsplit revert`: v2 off, even when an interrupted transaction cannot be repaired."""
+    live = files.read_bytes(settings.nginx.live_file)
+    serving_at = status_listen_of(live.decode("utf-8", errors="replace")) if live else None
+    moved = serving_at is not None and serving_at != settings.nginx.status_listen
+    if moved:
+        # The break-glass does not move lbsplit's status server: a new address may be one the site listens on
+        # (checked only at apply), and the revert would then wait on an answer that never comes.
+        settings = dataclasses.replace(settings, nginx=dataclasses.replace(settings.nginx, status_listen=serving_at))
     txn = Transaction(settings, "revert", reason)
     txn.preempt = True
-    return txn.run(Stage.off(), tolerate_repair_failure=True)
+    outcome = txn.run(Stage.off(), tolerate_repair_failure=True)
+    if moved:
+        outcome.messages.append(f"nginx.status_listen: kept the live {serving_at} for this revert; the next apply "
+                                "moves it to the configured address (and checks that it is free)")
+    return outcome
 
 
 def repair(settings: Settings) -> str:
