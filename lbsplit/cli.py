@@ -446,9 +446,10 @@ def history(obj: Context, as_json: bool, limit: int, local: bool) -> None:
             else:
                 reason = f"  reason: {e.get('reason')}" if e.get("reason") else ""
                 where = f"change {e.get('id')}" if in_fleet else f"gen {e.get('generation')}"
+                forced = f"  FORCED past: {'; '.join(e['forced'])}" if e.get("forced") else ""
                 click.echo(
                     f"{e.get('time')}  {e.get('user')}  {e.get('command')}  {e.get('from')} -> {e.get('to')}  "
-                    f"{where}  {e.get('result', '')}{reason}"
+                    f"{where}  {e.get('result', '')}{reason}{forced}"
                 )
                 if in_fleet and e.get("hosts"):
                     click.echo("    " + ", ".join(f"{h}: {r}" for h, r in sorted(e["hosts"].items())))

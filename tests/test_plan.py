@@ -94,5 +94,7 @@ def test_force_overrides_and_the_share_wording_are_recorded(sandbox):
         last = json.loads(run_cli(sandbox.config_path, "history", "--json").stdout.splitlines()[-1])
         assert last["command"] == "apply 30" and last["reason"] == "hotfix"
         assert any(item.startswith("[FAIL] error_rate: 0.5") for item in last["forced"])
+        text = run_cli(sandbox.config_path, "history", "-n", "1").stdout
+        assert "FORCED past: [FAIL] error_rate: 0.5" in text, text  # not only in the JSON
     finally:
         endpoint.close()

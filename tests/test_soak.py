@@ -95,6 +95,9 @@ def test_manual_checks_are_confirmed_by_name_and_recorded(sandbox):
         history = [json.loads(l) for l in run_cli(sandbox.config_path, "history", "--json").stdout.splitlines()]
         confirms = [(e["item"], e["stage"]) for e in history if e["command"] == "confirm"]
         assert confirms == [("performance baseline passed", "100"), ("user feedback positive", "100")]
+        text = run_cli(sandbox.config_path, "history").stdout
+        assert 'confirmed "performance baseline passed" for 100%' in text and \
+            'confirmed "user feedback positive" for 100%' in text, text  # each line names its item
         assert history[-1]["command"] == "promote 100"
         status = json.loads(run_cli(sandbox.config_path, "status", "--json").stdout)
         assert status["plan"]["position"] == 3 and status["plan"]["release_complete"] is False

@@ -345,7 +345,7 @@ def record_confirmation(settings: Settings, state, target: Stage, item: str, rea
                                   "stage": target.percent, "from": state.stage_text if state else "none",
                                   "to": state.stage_text if state else "none",
                                   "generation": state.generation if state else None, "reason": reason,
-                                  "result": f"confirmed for {target.describe()}"})
+                                  "result": f"confirmed \"{item}\" for {target.describe()}"})
     return f"confirmed \"{item}\" for {target.describe()}"
 
 
