@@ -11,7 +11,7 @@ import click
 from . import __version__, timing
 from .config import Settings, find_config, load
 from .errors import ConfigError, ExitCode, GateRefused, LbsplitError, NotServing
-from .model import Stage, parse_percent
+from .model import Stage, format_span, parse_percent
 from .rollout import planning, transaction
 from .rollout.state import DamagedFile
 from .watch import gate
@@ -350,13 +350,17 @@ def status_lines(s: dict) -> list[str]:
     if plan.get("position"):
         line = f"plan:        stage {plan['position']} of {plan['of']}"
         if plan.get("soak_s"):
-            line += f", clean for {plan['clean_for_s'] / 3600:.1f}h of {plan['soak_s'] / 3600:g}h"
+            line += f", clean for {format_span(plan['clean_for_s'])} of {format_span(plan['soak_s'])}"
         line += "; release complete" if plan.get("release_complete") else (
             f"; next {plan['next']}%" if plan.get("next") is not None else "")
         lines.append(line)
     wd = s.get("watchdog") or {}
     if wd.get("last_check_at"):
-        alerts = ", ".join(f"{a['level']} {a['rule']}" for a in wd["active_alerts"]) or "none"
+        # One entry per (level, rule, source): with source = "both" a rule breached in the endpoint's numbers and in
+        # the access log's is two alerts, named by source; alerts of a stage that is no longer live are not shown.
+        shown = dict.fromkeys(f"{a['level']} {a['rule']}" + (f" ({a['source']})" if a.get("source") else "")
+                              for a in wd["active_alerts"] if isinstance(a, dict)) if s["v2_enabled"] else {}
+        alerts = ", ".join(shown) or "none"
         lines.append(f"watchdog:    last check {wd['last_outcome']}, {wd['failures_in_a_row']} failed in a row, "
                      f"active alerts: {alerts}")
     if s["unfinished_transaction"]:

@@ -140,6 +140,13 @@ class Stage:
         return f"{self.percent}%" if self.v2_enabled else "off"
 
 
+def format_span(seconds: float) -> str:
+    """A duration as every command writes it: '0m07s', '12m30s', '72h00m'."""
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
 def format_hundredths(hundredths: int) -> str:
     """Render hundredths of a percent without trailing zeros: 3000 -> '30', 3350 -> '33.5'."""
     whole, frac = divmod(hundredths, 100)

@@ -98,3 +98,20 @@ def test_force_overrides_and_the_share_wording_are_recorded(sandbox):
         assert "FORCED past: [FAIL] error_rate: 0.5" in text, text  # not only in the JSON
     finally:
         endpoint.close()
+
+
+def test_status_names_each_alert_once_with_its_source_and_none_after_a_revert(sandbox):
+    import time
+
+    from lbsplit.rollout.state import StateStore
+    from lbsplit.watch.memory import WatchdogState, save_state
+
+    assert run_cli(sandbox.config_path, "apply", "10").returncode == 0
+    alert = {"level": "P1", "rule": "error_rate", "value": 0.5, "limit": 0.05, "bound": "max", "since": time.time()}
+    save_state(StateStore(sandbox.state_dir).watchdog_path, WatchdogState(
+        last_check_at=time.time(), last_outcome="fail", consecutive_failures=1,
+        active_alerts=[dict(alert, source="endpoint"), dict(alert, source="log"), dict(alert, source="log")]))
+    text = run_cli(sandbox.config_path, "status").stdout
+    assert "active alerts: P1 error_rate (endpoint), P1 error_rate (log)\n" in text, text
+    assert run_cli(sandbox.config_path, "revert").returncode == 0
+    assert "active alerts: none" in run_cli(sandbox.config_path, "status").stdout  # not the stale ones of 10%

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 from ..config import Settings
 from ..errors import ConfigError, GateRefused, LbsplitError
-from ..model import Bound, Level, NoData, Runtime, Stage
+from ..model import Bound, Level, NoData, Runtime, Stage, format_span
 from ..nginx.dialect import live_stage
 from ..rollout import files, transaction
 from ..rollout.state import StateStore
@@ -145,12 +145,6 @@ def _epoch(iso: str) -> float | None:
         return None
 
 
-def _span(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
-
-
 def clean_time(settings: Settings, state, now: float) -> float | None:
     """Seconds at the live stage with no P1/P2 breach (since it was applied, or since its last breach)."""
     if state is None or not state.v2_enabled:
@@ -173,7 +167,7 @@ def soak_item(settings: Settings, state, now: float, strict: bool) -> Item | Non
         return None
     clean = clean_time(settings, state, now) or 0.0
     ok = clean >= need
-    detail = f"clean for {_span(clean)} of {_span(need)} at {state.stage_text}"
+    detail = f"clean for {format_span(clean)} of {format_span(need)} at {state.stage_text}"
     if not ok:
         detail += " (promote waits; a person's `apply` proceeds unless plan.enforce_soak)" if strict else \
             " (proceeding: an explicit apply; set plan.enforce_soak = true to refuse)"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 from ..config import DEFAULT_THRESHOLDS, Settings
-from ..model import DEFAULT_LEVELS, METRICS, Level, Stage
+from ..model import DEFAULT_LEVELS, METRICS, Level, Stage, format_span
 from ..rollout.state import StateStore
 from ..rollout.status import live_status
-from .gate import _span, clean_time
+from .gate import clean_time
 from .memory import load_state
 
 MODES = ("standard", "enhanced", "critical")  # the plan's monitoring modes, by threshold row
@@ -99,7 +99,7 @@ def plan_lines(view: dict) -> list[str]:
     lines.append(f"live: {where}; next: {view['next'] + '%' if view['next'] is not None else 'none (last stage)'}"
                  + ("; `lbsplit check` shows what the gate says" if view["next"] is not None else ""))
     if view["clean_for_s"] is not None and view["soak_s"]:
-        lines.append(f"soak: clean for {_span(view['clean_for_s'])} of {_span(view['soak_s'])}"
+        lines.append(f"soak: clean for {format_span(view['clean_for_s'])} of {format_span(view['soak_s'])}"
                      + ("; release complete" if view["release_complete"] else ""))
     if not view["health"]:
         lines.append("no [health] section: these are the plan's defaults, and nothing is checked")
@@ -127,7 +127,7 @@ def alert_lines(view: dict, now: float) -> list[str]:
     for a in view["alerts"]:
         value = "-" if a.get("value") is None else f"{a['value']:.4g}"
         limit = "-" if a.get("limit") is None else f"{'>=' if a.get('bound') == 'min' else '<='}{a['limit']:.4g}"
-        lines.append(f"{a['level']:<5}  {a['rule']:<24} {value:>10} {limit:>10}  {_span(now - a['since'])} ago"
+        lines.append(f"{a['level']:<5}  {a['rule']:<24} {value:>10} {limit:>10}  {format_span(now - a['since'])} ago"
                      + (f"  ({a['why']})" if a.get("why") else ""))
-    lines.append(f"next alert notification allowed in {_span(view['cooldown_left_s'])}")
+    lines.append(f"next alert notification allowed in {format_span(view['cooldown_left_s'])}")
     return lines

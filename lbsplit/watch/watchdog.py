@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ..config import HealthSettings, Settings, Thresholds
 from ..errors import ExitCode, GateRefused, LbsplitError, NotLeader
-from ..model import Level, Outcome
+from ..model import Level, Outcome, format_span
 from ..rollout import files
 from ..rollout.state import StateStore
 from ..rollout.transaction import Outcome as Change
@@ -241,9 +241,9 @@ class Watchdog:
         clean = gate.clean_time(self.settings, state, self.clock())
         if clean is not None and clean >= need:
             wd.release_generation = state.generation
-            self._log(f"gen={state.generation} release complete: {state.stage_text} clean for {clean / 3600:.1f}h")
+            self._log(f"gen={state.generation} release complete: {state.stage_text} clean for {format_span(clean)}")
             self._notify("release_complete", {"stage": state.stage_text, "generation": state.generation}, Level.P3,
-                         f"release complete: v2 at {state.stage_text} has been clean for {clean / 3600:.1f}h")
+                         f"release complete: v2 at {state.stage_text} has been clean for {format_span(clean)}")
 
     def _revert(self, state, check: judge.Check, wd: WatchdogState, lock) -> RunResult:
         stage = state.stage
