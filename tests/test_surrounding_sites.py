@@ -60,3 +60,17 @@ def test_an_output_dir_read_by_a_wildcard_include_is_refused_before_anything_is_
 
     assert subprocess.run([sandbox.binary, "-t", "-q", "-p", str(sandbox.front.prefix), "-c", str(conf)],
                           capture_output=True).returncode == 0  # every later reload still works
+
+
+def test_a_sites_own_map_hash_bucket_size_is_named_with_the_line_to_remove(sandbox):
+    (sandbox.root / "wl.txt").write_text("".join(f"staff-{i}\n" for i in range(600)))  # big enough to be sized
+    sandbox.write_config(whitelist=[], extra='whitelist_file = "wl.txt"\n')
+    conf = sandbox.front.conf
+    conf.write_text(conf.read_text().replace("http {", "http {\n    map_hash_bucket_size 128;", 1))
+    sandbox.front.stop()
+    sandbox.front.start(wait_port=sandbox.port)
+    live = (sandbox.output_dir / "lbsplit.conf").read_bytes()
+    result = run_cli(sandbox.config_path, "apply", "10")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "your nginx config sets map_hash_bucket_size" in result.stderr and "remove your" in result.stderr
+    assert (sandbox.output_dir / "lbsplit.conf").read_bytes() == live and share(sandbox) == 0.0

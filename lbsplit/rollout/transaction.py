@@ -697,6 +697,13 @@ class Transaction:
                     f"system nginx), or add to the main context of {self.settings.nginx.conf}: "
                     f"`load_module {LUA_MODULES}/ndk_http_module.so; load_module {LUA_MODULES}/ngx_http_lua_module.so;`"
                     ". Or set nginx.runtime = \"reload\"") from None
+            sizing = next((d for d in ("map_hash_bucket_size", "map_hash_max_size")
+                           if f'"{d}" directive is duplicate' in str(e)), None)
+            if sizing:  # nginx's bare "is duplicate" does not say which of the two lines to drop
+                raise NginxTestFailed(
+                    f"your nginx config sets {sizing} at http level, and so does lbsplit.conf, sized for this "
+                    f"whitelist; remove your {sizing} line (lbsplit's value is at least what the whitelist needs); "
+                    f"nothing was changed. nginx said:\n{e}") from None
             if previous is None:
                 raise NginxTestFailed(f"nginx -t rejected the config with lbsplit.conf in place:\n{e}") from None
             try:

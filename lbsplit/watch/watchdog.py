@@ -101,6 +101,8 @@ class Watchdog:
         """Probe v2 once and act on the verdict; exits quietly when there is nothing to watch."""
         state = self.state_of()
         if state is None or not state.v2_enabled:
+            if self.chatty:  # a person at a terminal gets one line, never silence
+                self.echo("lbsplit watchdog: v2 is off, nothing to watch")
             return RunResult(Kind.NOTHING)
         thresholds = self.health.thresholds_for(state.hundredths)
         check, progress = self._measure(thresholds, state.hundredths)
