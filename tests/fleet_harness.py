@@ -148,21 +148,14 @@ class EtcdCluster:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def start(self, timeout: float = 30) -> None:
-        from lbsplit.fleet.store import Etcd, StoreUnavailable
+        from lbsplit.demo.sandbox import etcd_ready
+        from lbsplit.fleet.store import Etcd
 
         for name in self.names:
             self.start_member(name)
-        store = Etcd(tuple(self.urls), timeout=2)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                store.put("/ready", "1")
-                return
-            except StoreUnavailable:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"the etcd cluster did not form within {timeout:g} s")
-                time.sleep(0.2)
+        if not etcd_ready(Etcd(tuple(self.urls), timeout=2), timeout):
+            self.stop()
+            raise RuntimeError(f"the etcd cluster did not form within {timeout:g} s")
 
     def kill(self, name: str) -> None:
         proc = self.procs.pop(name)

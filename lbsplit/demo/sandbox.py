@@ -312,6 +312,21 @@ class TlsFiles:
                 "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
 
 
+def etcd_ready(store, timeout: float, running=lambda: True) -> bool:
+    """Wait until etcd takes a put (it answers and has a quorum); False after `timeout` or once `running()` fails."""
+    from ..fleet.store import StoreUnavailable
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            store.put("/ready", "1")
+            return True
+        except StoreUnavailable:
+            if time.monotonic() > deadline or not running():
+                return False
+            time.sleep(0.1)
+
+
 class EtcdProcess:
     """A throwaway single-node etcd on loopback (own data dir, free ports) that can stop and start again."""
 
@@ -324,7 +339,7 @@ class EtcdProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 20) -> None:
-        from ..fleet.store import Etcd, StoreUnavailable
+        from ..fleet.store import Etcd
 
         peer = f"http://127.0.0.1:{self.peer}"
         tls_args = [] if self.tls is None else [
@@ -337,16 +352,9 @@ class EtcdProcess:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         store = Etcd((self.url,), timeout=2) if self.tls is None else \
             Etcd((self.url,), timeout=2, ca_file=self.tls.ca, cert=(self.tls.client_cert, self.tls.client_key))
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                store.put("/ready", "1")
-                return
-            except StoreUnavailable:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.stop()
-                    raise RuntimeError(f"etcd did not start on loopback within {timeout:g} s")
-                time.sleep(0.1)
+        if not etcd_ready(store, timeout, lambda: self.proc.poll() is None):
+            self.stop()
+            raise RuntimeError(f"etcd did not start on loopback within {timeout:g} s")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
