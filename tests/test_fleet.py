@@ -7,14 +7,10 @@ config; traffic goes through every load balancer's nginx.
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-import pytest
 
 from fleet_harness import HEALTH, IDS, TTL, etcd, fleet, percent_of  # noqa: F401 - fixtures
 from fleet_harness import Fleet

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from fleet_harness import HEALTH, IDS, TTL, EtcdCluster, Fleet, etcd, fleet, percent_of  # noqa: F401 - fixtures
+from fleet_harness import HEALTH, TTL, EtcdCluster, Fleet, etcd, fleet, percent_of  # noqa: F401 - fixtures
 from lbsplit.fleet.store import Etcd
 
 

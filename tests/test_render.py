@@ -146,8 +146,6 @@ def test_whitelist_lines_equal_one_map_key_per_line(ids):
 
 def defined_names(text: str) -> set[str]:
     """Every variable, upstream and log format a rendered lbsplit.conf defines, read back with crossplane."""
-    import dataclasses
-
     from lbsplit.nginx.dialect import _parse
 
     names = set()

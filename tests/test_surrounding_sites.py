@@ -17,7 +17,7 @@ def test_a_site_logging_lbsplit_variables_and_naming_its_upstreams_survives_ever
     site_listen = f"listen 127.0.0.1:{sandbox.port};"
     site_log = sandbox.front.prefix / "site.log"
     conf.write_text(text.replace(
-        "    server {\n", f"    log_format site '$remote_addr $lbsplit_key $lbsplit_split $lbsplit_upstream';\n"
+        "    server {\n", "    log_format site '$remote_addr $lbsplit_key $lbsplit_split $lbsplit_upstream';\n"
                          "    server {\n", 1).replace(
         site_listen, f"{site_listen}\n"
                      "        location = /qa { proxy_pass http://lbsplit_v2; }\n"

@@ -36,7 +36,6 @@ from ..errors import (
     LockBusy,
     NotLeader,
     NotServing,
-    ReloadFailed,
     Unreachable,
     from_data,
 )
