@@ -128,6 +128,11 @@ def test_etcd_down_agents_keep_serving_local_revert_works_and_nobody_widens_afte
     assert [percent_of(fleet.served(i)) for i in (0, 2)] == [30, 30]
     status = fleet.cli(0, "status")
     assert status.returncode == 9 and "reverted locally" in status.stdout, status.stdout
+    # The break-glass made without etcd is in the fleet's history once etcd is back, exactly once.
+    local = [e for e in (json.loads(line) for line in fleet.cli(0, "history", "--json").stdout.splitlines())
+             if e["command"] == "revert --local"]
+    assert len(local) == 1 and local[0]["hosts"] == {"lb-1": "reverted locally"}
+    assert local[0]["reason"] == "etcd down, v2 misbehaves on lb-1"
     rejoined = fleet.cli(1, "rejoin")
     assert rejoined.returncode == 0 and "cleared" in rejoined.stdout
     fleet.wait(lambda: percent_of(fleet.served(1)) == 30, "lb-1 follows the fleet again")

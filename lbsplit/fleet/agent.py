@@ -112,6 +112,7 @@ class Agent:
         self.lease = 0
         self.published_at = 0.0
         self.guard = threading.Lock()  # the report and its put, shared with the liveness thread
+        self.override_recorded = ""  # the `revert --local` (its time) already in the fleet's history
         self.lock = files.Lock(self.settings.state_dir / AGENT_LOCK, 0, f"agent for {self.fleet.host}")
         self.looked_at = 0.0  # when local_report last asked nginx
         self.digest_of: tuple | None = None  # (config, whitelist file) the cached digest belongs to
@@ -190,6 +191,7 @@ class Agent:
         if read_override(self.settings) is not None:
             with self.guard:  # after `rejoin`, apply the desired state again
                 self.report = replace(self.report, applied_uid="", applied_id=0)
+            self._record_override(desired)
         elif desired is not None:
             if desired.phase == PROPOSED and uid not in (self.report.ready_uid, self.report.error_uid):
                 self._validate(desired)
@@ -203,6 +205,26 @@ class Agent:
             self._publish_counts()
         else:
             self._publish(replace(self.report, seen=self.clock()))
+
+    def _record_override(self, desired: Desired | None) -> None:
+        """A `revert --local` (made with or without etcd) goes into the fleet's history once etcd answers: one
+        entry per override, whoever's agent writes it first (create-only, so a restart never writes it twice)."""
+        raw = files.read_bytes(override_path(self.settings))
+        try:
+            data = json.loads(raw) if raw else None
+            at, by = str(data["at"]), str(data["by"])
+        except (ValueError, KeyError, TypeError):
+            return
+        if self.override_recorded == at:
+            return
+        key = protocol.history_key(self.fleet.prefix, desired.id if desired else 0) + \
+            f"-local-{self.fleet.host}-{at.replace(':', '')}"
+        entry = {"id": desired.id if desired else 0, "time": at, "user": by, "command": "revert --local",
+                 "from": "?", "to": "off", "reason": str(data.get("reason", "")),
+                 "result": f"{self.fleet.host} reverted locally, without the fleet (break-glass)",
+                 "hosts": {self.fleet.host: "reverted locally"}}
+        self.store.swap(key, json.dumps(entry, sort_keys=True), 0)
+        self.override_recorded = at
 
     def _publish_counts(self) -> None:
         """With health.source reading nginx's log: this host's per-variant counts over the stage's window,
