@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -166,7 +167,8 @@ def test_status_compares_the_live_stage_with_the_state(lua_sb):
     apply(lua_sb, "apply", "10")
     s = state(lua_sb)
     token = StateStore(lua_sb.state_dir).control_token()
-    assert control(lua_sb, json.dumps({"generation": s["generation"], "stage": 10000}, separators=(",", ":")),
+    assert control(lua_sb, json.dumps({"generation": s["generation"], "stage": 10000,
+                                       "seq": time.time_ns() // 1000}, separators=(",", ":")),
                    token)[0] == 200  # behind lbsplit's back
     status = run_cli(lua_sb.config_path, "status")
     assert status.returncode == 9, status.stdout
@@ -196,23 +198,26 @@ def control(sb: Sandbox, body: str, token: str | None, method: str = "POST") -> 
 
 
 @pytest.mark.parametrize("body, token, method, code", [
-    ('{"generation":99,"stage":5000}', None, "POST", 403),
-    ('{"generation":99,"stage":5000}', "0" * 64, "POST", 403),
-    ('{"generation":99,"stage":5000}', "TOKEN", "GET", 405),
-    ('{"generation": 99, "stage": 5000}', "TOKEN", "POST", 400),  # not the one canonical form
+    ('{"generation":99,"stage":5000,"seq":7}', None, "POST", 403),
+    ('{"generation":99,"stage":5000,"seq":7}', "0" * 64, "POST", 403),
+    ('{"generation":99,"stage":5000,"seq":7}', "TOKEN", "GET", 405),
+    ('{"generation": 99, "stage": 5000, "seq": 7}', "TOKEN", "POST", 400),  # not the one canonical form
+    ('{"generation":99,"stage":5000}', "TOKEN", "POST", 400),  # no seq
+    ('{"generation":99,"stage":5000,"seq":07}', "TOKEN", "POST", 400),
+    ('{"generation":99,"stage":5000,"seq":99999999999999999999}', "TOKEN", "POST", 400),
     ('{"stage":5000,"generation":99}', "TOKEN", "POST", 400),
-    ('{"generation":99,"stage":5000,"x":1}', "TOKEN", "POST", 400),
-    ('{"generation":99,"stage":10001}', "TOKEN", "POST", 400),
-    ('{"generation":99,"stage":-2}', "TOKEN", "POST", 400),
-    ('{"generation":99,"stage":50.5}', "TOKEN", "POST", 400),
-    ('{"generation":99,"stage":-0}', "TOKEN", "POST", 400),  # would show as "percent": -0
-    ('{"generation":99,"stage":05000}', "TOKEN", "POST", 400),
-    ('{"generation":099,"stage":5000}', "TOKEN", "POST", 400),
-    ('{"generation":"99","stage":5000}', "TOKEN", "POST", 400),
-    ('{"generation":99999999999999999999,"stage":5000}', "TOKEN", "POST", 400),
+    ('{"generation":99,"stage":5000,"seq":7,"x":1}', "TOKEN", "POST", 400),
+    ('{"generation":99,"stage":10001,"seq":7}', "TOKEN", "POST", 400),
+    ('{"generation":99,"stage":-2,"seq":7}', "TOKEN", "POST", 400),
+    ('{"generation":99,"stage":50.5,"seq":7}', "TOKEN", "POST", 400),
+    ('{"generation":99,"stage":-0,"seq":7}', "TOKEN", "POST", 400),  # would show as "percent": -0
+    ('{"generation":99,"stage":05000,"seq":7}', "TOKEN", "POST", 400),
+    ('{"generation":099,"stage":5000,"seq":7}', "TOKEN", "POST", 400),
+    ('{"generation":"99","stage":5000,"seq":7}', "TOKEN", "POST", 400),
+    ('{"generation":99999999999999999999,"stage":5000,"seq":7}', "TOKEN", "POST", 400),
     ("generation=99&stage=5000", "TOKEN", "POST", 400),
     ("", "TOKEN", "POST", 400),
-    ('{"generation":99,"stage":5000}' + " " * 100, "TOKEN", "POST", 400),
+    ('{"generation":99,"stage":5000,"seq":7}' + " " * 100, "TOKEN", "POST", 400),
 ])
 def test_the_control_endpoint_refuses_anything_but_the_token_and_strict_json(at_10, body, token, method, code):
     before = {k: v for k, v in answer(at_10).items() if k != "pid"}
@@ -399,3 +404,16 @@ def test_a_revert_the_control_endpoint_refuses_falls_back_to_a_reload(tmp_path, 
         assert run_cli(sb.config_path, "status").returncode == 0
     finally:
         sb.stop()
+
+
+def test_a_replayed_control_request_is_refused_even_with_the_token(lua_sb):
+    apply(lua_sb, "apply", "10")
+    s = state(lua_sb)
+    token = StateStore(lua_sb.state_dir).control_token()
+    body = json.dumps({"generation": s["generation"], "stage": 5000, "seq": time.time_ns() // 1000},
+                      separators=(",", ":"))
+    assert control(lua_sb, body, token)[0] == 200
+    code, text = control(lua_sb, body, token)  # the same request again
+    assert code == 409 and "replayed" in text
+    apply(lua_sb, "apply", "10")  # lbsplit's own next request has a higher seq
+    assert answer(lua_sb)["percent"] == 10 and run_cli(lua_sb.config_path, "status").returncode == 0

@@ -421,7 +421,10 @@ class Nginx:
 
     def set_live(self, generation: int, stage: int, token: str) -> None:
         """The lua runtime: set the stage every worker reads (hundredths, -1: v2 off). No reload."""
-        body = json.dumps({"generation": generation, "stage": stage}, separators=(",", ":")).encode()
+        # seq: microseconds of wall time, which only grows from one request to the next; the endpoint refuses
+        # a seq not above the last (a replayed request). A clock set back fails the request (a revert then reloads).
+        seq = max(time.time_ns() // 1000, 1)
+        body = json.dumps({"generation": generation, "stage": stage, "seq": seq}, separators=(",", ":")).encode()
         request = (f"POST {CONTROL_PATH} HTTP/1.0\r\nHost: lbsplit\r\n{TOKEN_HEADER}: {token}\r\n"
                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
         answer = self._exchange(request)
