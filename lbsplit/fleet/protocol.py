@@ -165,7 +165,7 @@ def members(alive: dict[str, int], reports: dict[str, Report]) -> list[Member]:
             for name in sorted(set(alive) | set(reports))]
 
 
-def counts_problem(data: object, entry_lease: int, member: Member | None, now_lease_ok: bool = True) -> str | None:
+def counts_problem(data: object, entry_lease: int, member: Member | None) -> str | None:
     """Why a host's published counts are no data (None: they may be summed).
 
     Only a reachable member's counts, under that member's own lease, with non-negative finite numbers."""
