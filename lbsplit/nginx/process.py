@@ -455,6 +455,28 @@ class Nginx:
         answer = self.serving()
         return answer.get("generation") if isinstance(answer, dict) else None
 
+    def wait_settled(self, generation: int, timeout: float, quiet: float = 0.3) -> bool:
+        """Wait until `generation` answers and the set of accepting workers has not changed for `quiet` s.
+
+        For an undo that reloads while an earlier reload may still be in flight: that reload's
+        workers (the config being undone) can start after the old ones were listed, and accept
+        alongside the restored ones for nginx's 100 ms overlap. Once the accepting set holds still
+        for longer than that overlap, no worker with the undone config is left to take a connection.
+        """
+        deadline = time.monotonic() + timeout
+        master = self.master_pid()
+        seen, since = None, time.monotonic()
+        while True:
+            now = time.monotonic()
+            accepting = self.still_accepting(self.worker_pids(master)) if master else set()
+            if accepting != seen or self.serving_generation() != generation:
+                seen, since = accepting, now
+            elif now - since >= quiet:
+                return True
+            if now >= deadline:
+                return False
+            time.sleep(0.02)
+
     def wait_serving(self, generation: int, old_workers: set[int], timeout: float) -> bool:
         """Wait until new connections can only reach the config of `generation`.
 

@@ -192,7 +192,8 @@ class Transaction:
             return f"reloading the previous config failed too: {e}"
         if generation is None:
             return "reloaded the previous config"
-        if self.nginx.wait_serving(generation, old, self.settings.nginx.verify_timeout):
+        timeout = self.settings.nginx.verify_timeout
+        if self.nginx.wait_serving(generation, old, timeout) and self.nginx.wait_settled(generation, timeout):
             return f"nginx serves generation {generation} again"
         return f"nginx does not answer with generation {generation} yet; check `lbsplit status`"
 
