@@ -316,7 +316,9 @@ def status(obj: Context, as_json: bool, local: bool) -> None:
             raise DamagedFile(s["damaged"][0])
         if s["generation"] is not None and not s["serving"]:
             raise NotServing("nginx does not serve what lbsplit's state says is live"
-                             + ("" if s["nginx_running"] else " (nginx is not running)"))
+                             + ("" if s["nginx_running"] else " (nginx is not running)")
+                             + ("; it serves a revert that state_dir had no room to record: run `lbsplit repair`"
+                                if s.get("unrecorded_revert") is not None else ""))
 
     run(go)
 
@@ -341,6 +343,9 @@ def status_lines(s: dict) -> list[str]:
     elif s["serving_answer"] is None:  # nginx runs, but nothing answers on status_listen
         lines.append("serving:     NO, nginx runs but nothing answers on nginx.status_listen: does nginx include "
                      "lbsplit.conf yet (and was it reloaded since)?")
+    elif s.get("unrecorded_revert") is not None:
+        lines.append(f"serving:     NO: a revert (generation {s['unrecorded_revert']}, everyone on v1) is live but was "
+                     "not recorded (state_dir was full); free some space there and run `lbsplit repair`")
     else:
         lines.append(f"serving:     NO, nginx answers {json.dumps(s['serving_answer'])}")
         if s["served_owner"] not in (None, s["owner"]):

@@ -444,3 +444,66 @@ def test_a_nearly_full_state_dir_does_not_stop_a_revert(tmp_path, nginx_bin):
     finally:
         sb.stop()
         subprocess.run(["umount", str(sb.state_dir)], capture_output=True)
+
+
+@pytest.mark.parametrize("runtime", ["reload", "lua"])
+def test_a_state_dir_with_no_room_left_still_reverts_and_says_what_it_did_not_record(tmp_path, nginx_bin, runtime):
+    """state_dir full to the last byte: revert switches the traffic anyway (the live file is in output_dir),
+    exits 6 saying what nginx serves and what it could not record; repair records it once there is room,
+    and its generation number is never handed out again. Both runtimes (the lua one with no reload)."""
+    from conftest import REPO
+    from lbsplit.demo.sandbox import Sandbox
+    from lbsplit.rollout.transaction import lua_modules
+
+    if runtime == "lua" and not lua_modules():
+        pytest.fail("Debian's libnginx-mod-http-lua is not installed; `make test` installs it")
+    sb = Sandbox(tmp_path / "sb", binary=nginx_bin, nginx_dir=REPO / "nginx", lua=runtime == "lua")
+    sb.runtime = runtime
+    sb.state_dir.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(sb.state_dir)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        sb.write_config(whitelist=["test_user_001"])
+        assert run_cli(sb.config_path, "init").returncode == 0
+        sb.start()
+        ok(run_cli(sb.config_path, "apply", "30"))
+        before = json.loads((sb.state_dir / "state.json").read_text())
+        history_before = (sb.state_dir / "history.jsonl").read_bytes()
+        filler = sb.state_dir / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:  # every last block
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        assert os.statvfs(sb.state_dir).f_bavail == 0
+        result = run_cli(sb.config_path, "revert")
+        err = one_line(result, 6)
+        generation = before["generation"] + 1
+        assert f"nginx serves generation {generation} (v2 off" in err and "no room to record it" in err, err
+        assert "`lbsplit repair`" in err
+        assert set(sb.variants(IDS)) == {"v1"}, "the traffic is switched even though nothing could be recorded"
+        assert json.loads((sb.state_dir / "state.json").read_text()) == before
+        assert (sb.state_dir / "history.jsonl").read_bytes() == history_before
+        assert not (sb.state_dir / "journal.json").exists()
+        status = run_cli(sb.config_path, "status")
+        assert status.returncode == 9 and "lbsplit repair" in status.stdout + status.stderr, status.stdout
+
+        filler.unlink()
+        repaired = run_cli(sb.config_path, "repair")
+        assert repaired.returncode == 0 and "recorded the revert" in repaired.stdout, repaired.stdout
+        after = json.loads(run_cli(sb.config_path, "status", "--json").stdout)
+        assert after["generation"] == generation and after["v2_enabled"] is False
+        assert run_cli(sb.config_path, "status").returncode == 0
+        last = [json.loads(line) for line in (sb.state_dir / "history.jsonl").read_text().splitlines()][-1]
+        assert last["command"] == "revert" and last["generation"] == generation and "state_dir was full" in last["result"]
+        ok(run_cli(sb.config_path, "apply", "10"))
+        assert json.loads((sb.state_dir / "state.json").read_text())["generation"] == generation + 1
+        assert 0 < sb.variants(IDS).count("v2") < len(IDS)
+    finally:
+        sb.stop()
+        subprocess.run(["umount", str(sb.state_dir)], capture_output=True)

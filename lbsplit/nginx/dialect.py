@@ -265,6 +265,23 @@ def restage(text: str, generation: int | str, stage: Stage, mode: Mode) -> str |
             + LOAD_LINE.format(generation=generation, stage=lua_stage(stage)) + rest[line.end():])
 
 
+_HEADER_OFF = re.compile(r"# Managed by lbsplit: generation (\d+), v2 off \(everyone on v1\)\.\n")
+
+
+def unrecorded_off_generation(text: str) -> int | None:
+    """The generation of a rendered v2-off lbsplit.conf (its header line), or None for any other text.
+
+    What `repair` adopts when a revert had to run with no room to record itself."""
+    match = _HEADER_OFF.match(text)
+    return int(match.group(1)) if match else None
+
+
+def header_generation(text: str) -> int | None:
+    """The generation a rendered lbsplit.conf's header names, or None."""
+    match = re.match(r"# Managed by lbsplit: generation (\d+), v2 ", text)
+    return int(match.group(1)) if match else None
+
+
 def live_stage(text: str) -> tuple[int, int] | None:
     """(generation, lua stage) a lua-runtime lbsplit.conf holds; None for a reload-runtime file."""
     found = list(_LOAD.finditer(text[:1 << 16]))

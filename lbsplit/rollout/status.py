@@ -9,7 +9,7 @@ from .. import whitelist as whitelist_mod
 from ..config import Settings
 from ..errors import ConfigError, LbsplitError
 from ..model import DEFAULT_FALLBACK_KEY, Mode, Stage
-from ..nginx.dialect import include_of, reports_stage, whitelist_ids
+from ..nginx.dialect import include_of, owner_of, reports_stage, unrecorded_off_generation, whitelist_ids
 from ..nginx.process import Nginx
 from ..nginx.route import Route, explain, folded_keys
 from . import files
@@ -52,6 +52,11 @@ def live_status(settings: Settings) -> dict:
     nginx = Nginx(settings.nginx)
     answer = nginx.serving()
     running = nginx.master_pid() is not None or answer is not None
+    # A revert that ran while state_dir had no room: its v2-off file is live and newer than the state.
+    live_head = (files.read_bytes(settings.nginx.live_file) or b"")[:4000].decode("utf-8", errors="replace")
+    off = unrecorded_off_generation(live_head)
+    unrecorded = off if off is not None and journal is None and (state is None or off > state.generation) \
+        and owner_of(live_head) == store.owner and reports_stage(answer, off, Stage.off()) else None
     return {
         "percent": (state.hundredths / 100 if state.v2_enabled else 0) if state else None,
         "v2_enabled": state.v2_enabled if state else False,
@@ -70,6 +75,7 @@ def live_status(settings: Settings) -> dict:
         "unfinished_transaction": journal.command if journal and not in_progress else None,
         "in_progress": journal.command if journal and in_progress else None,
         "damaged": damaged,
+        "unrecorded_revert": unrecorded,
     }
 
 

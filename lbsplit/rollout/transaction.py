@@ -40,12 +40,14 @@ from ..nginx.dialect import (
     check_whitelist_text,
     include_of,
     is_whitelist_name,
+    header_generation,
     live_stage,
     lua_stage,
     owner_of,
     reports_stage,
     restage,
     status_listen_of,
+    unrecorded_off_generation,
 )
 from ..nginx.process import Nginx
 from . import files, wlcache
@@ -168,6 +170,9 @@ class Transaction:
         self.live = settings.nginx.live_file
         self.forced: list[str] = []  # set by the gate's precheck when --force overrides it
         self.preempt = False  # a person's revert ends a holder of the lock instead of waiting for it
+        # A revert with no room in state_dir for its journal and record: it still switches the traffic (the
+        # live file is in output_dir) and says what it could not record; `repair` records it later.
+        self.unrecorded = False
 
     def lock(self, purpose: str | None = None) -> files.Lock:
         return files.Lock(self.store.lock_path, self.settings.lock_timeout, purpose or self.command,
@@ -226,14 +231,31 @@ class Transaction:
             raise ReloadFailed(f"{error}\nPrevious {what} restored; {note}") from None
         raise error
 
+    def _next_generation(self, previous: bytes | None) -> int:
+        """One above any number used: state, journal, saved generations, and the live file's header (a revert
+        that could not record itself numbered that file, and its number is never handed out again)."""
+        live = header_generation(previous[:200].decode("utf-8", errors="replace")) if previous else None
+        return max(self.store.last_generation(), live or 0) + 1
+
+    def _journal(self, journal: Journal) -> None:
+        if not self.unrecorded:
+            self.store.begin(journal)
+
     def _commit(self, generation: int, stage: Stage, data: bytes, running: bool, result: str,
                 layout: str | None = None) -> None:
         """Past the commit point: record the change. A failure says nginx has it; repair records it later."""
+        if self.unrecorded:
+            result += "; recorded later by repair (state_dir was full when it ran)"
         try:
             self._record(generation, stage, data, reloaded=running, command=self.command, note=result, layout=layout)
             self.store.finish()
         except LbsplitError as e:
             where = "nginx serves" if running else "installed"
+            if self.unrecorded:
+                raise EnvironmentProblem(
+                    f"{where} generation {generation} (v2 {stage.describe()}), but state_dir {self.store.dir} has no "
+                    f"room to record it ({e}): state.json and the history still name the stage before. Free some "
+                    "space there, then run `lbsplit repair` to record this revert") from None
             raise type(e)(f"{where} generation {generation} (v2 {stage.describe()}), but recording it in "
                           f"{self.store.dir} failed: {e}. The next lbsplit command (or `lbsplit repair`) records it") from None
 
@@ -252,7 +274,7 @@ class Transaction:
             files.remove_stale_temps(directory)
         journal = self.store.read_journal()
         if journal is None:
-            return None
+            return self._record_unrecorded_revert()
         live = files.read_bytes(self.live)
         if live is not None and sha256(live) == journal.new_sha256 and self._served(journal):
             # It got as far as nginx serving the new generation: record it as done.
@@ -281,6 +303,23 @@ class Transaction:
         )
         self.store.finish()
         return f"rolled back the interrupted `{journal.command}` (pid {journal.pid}): {note}"
+
+    def _record_unrecorded_revert(self) -> str | None:
+        """A revert that ran with no room in state_dir left a v2-off file newer than the state: record it once
+        nginx serves it (its number is the file's). Anything else newer than the state is left for status."""
+        live = files.read_bytes(self.live)
+        text = live[:4000].decode("utf-8", errors="replace") if live else ""
+        generation = unrecorded_off_generation(text)
+        state = self.store.read_state_or_none()
+        if generation is None or (state is not None and generation <= state.generation) or \
+                owner_of(text) != self.store.owner:
+            return None
+        answer = self.nginx.serving() if self.nginx.master_pid() is not None else None
+        if not reports_stage(answer, generation, Stage.off()):
+            return None
+        self._record(generation, Stage.off(), live, reloaded=True, command="revert",
+                     note="applied and verified while state_dir was full; recorded by repair")
+        return f"recorded the revert that ran while state_dir was full (nginx serves generation {generation}, v2 off)"
 
     def _served(self, journal: Journal) -> bool:
         """Does nginx serve the journal's new generation (waiting for a reload it was already asked for)?"""
@@ -438,7 +477,7 @@ class Transaction:
         layout = self._check_layout(state, messages) if master is not None and stage.v2_enabled else None
         prepared = self._install_whitelist(prepared)
         failpoint("after-include")
-        generation = self.store.last_generation() + 1
+        generation = self._next_generation(previous)
         with timing.phase("render"):
             data = prepared.checked_text(generation).encode("utf-8")
         previous_generation = state.generation if state else None
@@ -446,7 +485,7 @@ class Transaction:
 
         # Backup first, then the journal, then the swap: a crash at any point leaves
         # either no journal (nothing touched) or a journal with a backup to return to.
-        if previous is not None:
+        if previous is not None and not self.unrecorded:
             self._backup(previous, state)
         failpoint("after-backup")
         journal = Journal(command=self.command, pid=os.getpid(), started=now(), to_generation=generation,
@@ -455,7 +494,7 @@ class Transaction:
                           stage_hundredths=stage.hundredths,
                           previous_sha256=sha256(previous) if previous is not None else None)
         signals.touched = True
-        self.store.begin(journal)
+        self._journal(journal)
         reloaded = False
         try:
             failpoint("after-journal")
@@ -468,7 +507,7 @@ class Transaction:
             if master is not None:
                 old = self.nginx.worker_pids(master)
                 # Recorded before signalling, so a repair after a crash waits for the reload it sent.
-                self.store.begin(dataclasses.replace(journal, phase=Phase.RELOADING))
+                self._journal(dataclasses.replace(journal, phase=Phase.RELOADING))
                 reloaded = True
                 with timing.phase("reload"):
                     self.nginx.reload(master)
@@ -532,17 +571,18 @@ class Transaction:
             messages.append(f"already live: generation {state.generation} (v2 {stage.describe()}); nothing changed")
             return Outcome(state.generation, stage, changed=False, reloaded=False, messages=messages)
         token = self.store.control_token()
-        generation = self.store.last_generation() + 1
+        generation = self._next_generation(previous)
         data = new_text(generation).encode("utf-8")
         self._check_space(len(data))
-        self._backup(previous, state)
+        if not self.unrecorded:
+            self._backup(previous, state)
         failpoint("after-backup")
         journal = Journal(command=self.command, pid=os.getpid(), started=now(), to_generation=generation,
                           new_sha256=sha256(data), had_previous=True, previous_generation=state.generation,
                           stage_v2=stage.v2_enabled, stage_hundredths=stage.hundredths,
                           previous_sha256=sha256(previous), live_set=True)
         signals.touched = True
-        self.store.begin(journal)
+        self._journal(journal)
         try:
             failpoint("after-journal")
             files.atomic_write(self.live, data)
@@ -677,8 +717,11 @@ class Transaction:
         free = st.f_bavail * st.f_frsize
         if self.command == "revert":
             # The break-glass needs what it writes, no margin: a backup and a saved copy of a small file, the
-            # journal, state and a history line. A nearly full disk must not keep v2 on.
+            # journal, state and a history line. A nearly full disk must not keep v2 on: with less than that,
+            # it runs without a journal or record (the live file is in output_dir) and says so at the end.
             needed = 2 * size + (64 << 10)
+            self.unrecorded = free < needed
+            return
         else:
             needed = size + (1 << 20)  # backup (often a hard link) + state + history + journal, with room to spare
         if free < needed:
