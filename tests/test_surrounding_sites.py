@@ -2,6 +2,9 @@
 $lbsplit_split, a QA location that names upstream lbsplit_v2 directly. Every stage and the revert pass
 nginx -t on the site's whole config, and real requests land where each stage says."""
 
+import os
+import subprocess
+
 from conftest import run_cli
 
 IDS = [f"user-{i}" for i in range(1000)]
@@ -56,7 +59,6 @@ def test_an_output_dir_read_by_a_wildcard_include_is_refused_before_anything_is_
     assert share(sandbox) == 0.0
     revert = run_cli(sandbox.config_path, "revert")
     assert revert.returncode == 0, revert.stderr
-    import subprocess
 
     assert subprocess.run([sandbox.binary, "-t", "-q", "-p", str(sandbox.front.prefix), "-c", str(conf)],
                           capture_output=True).returncode == 0  # every later reload still works
@@ -74,3 +76,79 @@ def test_a_sites_own_map_hash_bucket_size_is_named_with_the_line_to_remove(sandb
     assert result.returncode == 3, result.stdout + result.stderr
     assert "your nginx config sets map_hash_bucket_size" in result.stderr and "remove your" in result.stderr
     assert (sandbox.output_dir / "lbsplit.conf").read_bytes() == live and share(sandbox) == 0.0
+
+
+def test_a_site_map_that_relies_on_lbsplits_sizing_still_builds_after_a_revert(sandbox):
+    """The site took the advice above: its own map, with a key too long for nginx's default 64-byte bucket, now
+    relies on lbsplit's map_hash_bucket_size. A revert keeps that sizing (without it the revert would fail
+    nginx -t and leave v2 on); the gate checks the revert config inside the whole site config, where the two
+    differ: the revert text without the sizing passes nginx -t alone and fails in the site."""
+    from lbsplit.config import load
+    from lbsplit.nginx.process import Nginx
+    from lbsplit.rollout.planning import plan
+    from lbsplit.model import Stage
+
+    (sandbox.root / "wl.txt").write_text("".join(f"staff-{i}\n" for i in range(600)))  # big enough to be sized
+    sandbox.write_config(whitelist=[], extra='whitelist_file = "wl.txt"\n')
+    conf = sandbox.front.conf
+    long_key = "/" + "x" * 120
+    include = f"include {sandbox.output_dir}/lbsplit.conf;"
+    conf.write_text(conf.read_text().replace(  # after the include: nginx sizes a map when it reads the block
+        include, f'{include}\n    map $uri $site_long {{\n        "{long_key}" 1;\n        default 0;\n    }}', 1))
+    ok = run_cli(sandbox.config_path, "apply", "10")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    sandbox.front.stop()
+    sandbox.front.start(wait_port=sandbox.port)  # the site's map builds only with lbsplit's sizing in place
+    assert abs(share(sandbox) - 0.10) < 0.04
+
+    nginx = Nginx(load(sandbox.config_path).nginx)
+    bare = plan(load(sandbox.config_path), Stage.off()).text(0)
+    assert "map_hash_bucket_size" not in bare
+    assert nginx.test_snippet(bare) is None, "alone, the bare revert text passes"
+    in_site = nginx.test_in_site(bare, nginx.site_copy())
+    assert in_site is not None and "map_hash_bucket_size" in in_site, in_site
+    assert not list(conf.parent.glob(".lbsplit-tmp-*")), "the check copy is removed"
+
+    check = run_cli(sandbox.config_path, "check", "30")
+    assert "[ok  ] revert config: passes nginx -t inside your nginx config" in check.stdout, check.stdout
+    reverted = run_cli(sandbox.config_path, "revert")
+    assert reverted.returncode == 0, reverted.stdout + reverted.stderr
+    assert share(sandbox) == 0.0
+    live = (sandbox.output_dir / "lbsplit.conf").read_text()
+    assert "map_hash_bucket_size 512;" in live and "Kept from the file before this revert" in live
+    assert run_cli(sandbox.config_path, "status").returncode == 0
+    assert subprocess.run([sandbox.binary, "-t", "-q", "-p", str(sandbox.front.prefix), "-c", str(conf)],
+                          capture_output=True).returncode == 0
+    again = run_cli(sandbox.config_path, "apply", "30", "--force")
+    assert again.returncode == 0, again.stderr
+    assert abs(share(sandbox) - 0.30) < 0.04
+
+
+def test_debians_stock_layout_with_conf_d_and_sites_enabled_globs(sandbox):
+    """nginx.conf as Debian ships it: mime.types, `include conf.d/*.conf;` and `include sites-enabled/*;`
+    (relative to nginx.conf), the site in sites-enabled/default, lbsplit.conf included by name from its own
+    folder. Every stage and the revert land where they say, and the gate's revert check follows the globs."""
+    import re
+
+    conf = sandbox.front.conf
+    text = conf.read_text()
+    server = re.search(r"\n    server \{\n.*?\n    \}\n", text, re.S).group(0)
+    (conf.parent / "sites-enabled").mkdir()
+    (conf.parent / "sites-enabled" / "default").write_text(server)
+    (conf.parent / "conf.d").mkdir()
+    (conf.parent / "conf.d" / "gzip.conf").write_text("gzip on;\ngzip_types text/plain application/json;\n")
+    (conf.parent / "conf.d" / ".hidden.conf").write_text("this is not nginx syntax and a glob never reads it\n")
+    mime = "    include /etc/nginx/mime.types;\n" if os.path.isfile("/etc/nginx/mime.types") else ""
+    conf.write_text(text.replace(server, f"\n{mime}    include conf.d/*.conf;\n    include sites-enabled/*;\n"))
+    sandbox.front.stop()
+    sandbox.front.start(wait_port=sandbox.port)
+    for args, expected in ((("apply", "10"), 0.10), (("apply", "30"), 0.30), (("revert",), 0.0),
+                           (("apply", "10"), 0.10)):
+        result = run_cli(sandbox.config_path, *args)
+        assert result.returncode == 0, (args, result.stdout + result.stderr)
+        assert abs(share(sandbox) - expected) < 0.04, args
+    check = run_cli(sandbox.config_path, "check", "30")
+    assert "[ok  ] revert config: passes nginx -t inside your nginx config" in check.stdout, check.stdout
+    assert not list(conf.parent.glob(".lbsplit-tmp-*"))
+    assert subprocess.run([sandbox.binary, "-t", "-q", "-p", str(sandbox.front.prefix), "-c", str(conf)],
+                          capture_output=True).returncode == 0

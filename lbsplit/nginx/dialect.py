@@ -282,6 +282,24 @@ def header_generation(text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+_SIZING = re.compile(r"^map_hash_bucket_size (\d+);\nmap_hash_max_size (\d+);$", re.MULTILINE)
+_PREAMBLE_END = "# Include it once at http level; proxy with: proxy_pass http://$lbsplit_upstream;\n"
+
+
+def carry_sizing(live: str, text: str) -> str:
+    """`text` (a revert config) with the live file's http-level map sizing kept, when `text` sets none.
+
+    The sizing lbsplit writes for a whitelist holds for every map at http level, the site's own too:
+    a site that dropped its own map_hash_bucket_size for lbsplit's (the "is duplicate" advice) needs
+    it after a revert as well, or its maps stop building and the revert fails nginx -t."""
+    found = _SIZING.search(live[:1 << 16])
+    if found is None or _SIZING.search(text[:1 << 16]) or _PREAMBLE_END not in text:
+        return text
+    kept = (f"\n# Kept from the file before this revert: the site's own maps may rely on it.\n"
+            f"map_hash_bucket_size {found.group(1)};\nmap_hash_max_size {found.group(2)};\n")
+    return text.replace(_PREAMBLE_END, _PREAMBLE_END + kept, 1)
+
+
 def live_stage(text: str) -> tuple[int, int] | None:
     """(generation, lua stage) a lua-runtime lbsplit.conf holds; None for a reload-runtime file."""
     found = list(_LOAD.finditer(text[:1 << 16]))

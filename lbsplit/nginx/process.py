@@ -24,6 +24,8 @@ from ..config import NginxSettings
 from ..errors import EnvironmentProblem, NginxTestFailed, ReloadFailed
 from .dialect import CONTROL_PATH, ENTRY_FILE, STATUS_PATH, TOKEN_HEADER, V1_CHECK_PATH, parse_status
 
+PLACEHOLDER = "/lbsplit-revert-config-placeholder/lbsplit.conf"  # where site_copy's include of lbsplit.conf points
+
 COMMAND_TIMEOUT = 300  # nginx -t on a 1M-id whitelist takes seconds, not minutes
 
 
@@ -199,6 +201,51 @@ class Nginx:
             )
             result = _run([self.settings.binary, "-p", str(root), "-c", str(root / "nginx.conf"), "-t", "-q"], "nginx -t")
         return None if result.returncode == 0 else _clean(result.stderr).replace(str(root) + "/", "")
+
+    def site_copy(self) -> str:
+        """The site's whole config as one text whose include of lbsplit.conf names PLACEHOLDER (see flatten).
+        Raises CannotFlatten."""
+        from .flatten import flattened  # noqa: PLC0415  (crossplane: only the gate's revert check needs it)
+
+        return flattened(Path(self.settings.conf), self.settings.live_file, Path(PLACEHOLDER))
+
+    def test_in_site(self, text: str, copy: str) -> str | None:
+        """nginx -t on the site's whole config (`copy`, from site_copy) with `text` as lbsplit.conf; None when it passes.
+
+        The live file is never touched: the copy is written next to nginx.conf (so relative paths mean what
+        they mean there), and its include of lbsplit.conf names a private file holding `text`. Raises
+        CannotFlatten when the copy cannot judge: nginx -t rejects it even with the live lbsplit.conf.
+        """
+        from .flatten import CannotFlatten  # noqa: PLC0415
+
+        live = self.settings.live_file
+        with tempfile.TemporaryDirectory(prefix="lbsplit-test-") as tmp:
+            replacement = Path(tmp) / ENTRY_FILE
+            replacement.write_text(text, encoding="utf-8")
+            error = self._test_flattened(copy.replace(PLACEHOLDER, str(replacement)))
+            if error is None:
+                return None
+            control = self._test_flattened(copy.replace(PLACEHOLDER, str(live)))
+        if control is not None:
+            raise CannotFlatten(f"nginx -t rejects lbsplit's flattened copy of {self.settings.conf} even with the "
+                                f"live {live.name}: {control.splitlines()[0]}")
+        return error.replace(str(replacement), f"(the revert {ENTRY_FILE})")
+
+    def _test_flattened(self, whole: str) -> str | None:
+        from .flatten import CannotFlatten  # noqa: PLC0415
+
+        conf = Path(self.settings.conf)
+        check = conf.parent / f".lbsplit-tmp-check-{os.getpid()}"  # next to nginx.conf; repair sweeps a leftover
+        try:
+            check.write_text(whole, encoding="utf-8")
+        except OSError as e:
+            raise CannotFlatten(f"cannot write a check copy next to {conf}: {e.strerror}") from None
+        try:
+            argv = [self.settings.binary] + (["-p", str(self.settings.prefix)] if self.settings.prefix else [])
+            result = _run(argv + ["-c", str(check), "-t", "-q"], "nginx -t")
+        finally:
+            check.unlink(missing_ok=True)
+        return None if result.returncode == 0 else _clean(result.stderr).replace(str(check), str(conf))
 
     def identity(self) -> str:
         """Which nginx binary this is (path, size, mtime): a cached `nginx -t` verdict is only as good as this."""

@@ -36,6 +36,7 @@ from ..errors import (
 )
 from ..model import DEFAULT_MODE, Mode, Runtime, Stage
 from ..nginx.dialect import (
+    carry_sizing,
     check_shape,
     check_whitelist_text,
     include_of,
@@ -270,7 +271,8 @@ class Transaction:
     def repair(self) -> str | None:
         """Finish or undo a transaction that an earlier process did not complete (call under the lock)."""
         # A kill -9 between creating a temp file and renaming it leaves the temp file behind.
-        for directory in (self.live.parent, self.store.dir, self.store.generations_dir, whitelist_dir(self.settings)):
+        for directory in (self.live.parent, self.store.dir, self.store.generations_dir, whitelist_dir(self.settings),
+                          Path(self.settings.nginx.conf).parent):  # the gate's check copy of the site's config
             files.remove_stale_temps(directory)
         journal = self.store.read_journal()
         if journal is None:
@@ -480,6 +482,8 @@ class Transaction:
         generation = self._next_generation(previous)
         with timing.phase("render"):
             data = prepared.checked_text(generation).encode("utf-8")
+        if not stage.v2_enabled and previous is not None:
+            data = carry_sizing(previous.decode("utf-8", errors="replace"), data.decode("utf-8")).encode("utf-8")
         previous_generation = state.generation if state else None
         self._check_space(len(data))
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from ..config import Settings
 from ..errors import ConfigError, GateRefused, LbsplitError
 from ..model import Bound, Level, NoData, Runtime, Stage, format_span
-from ..nginx.dialect import live_stage
+from ..nginx.dialect import carry_sizing, live_stage
 from ..rollout import files, transaction
 from ..rollout.state import StateStore
 from ..rollout.planning import plan
@@ -110,32 +110,53 @@ def watchdog_item(settings: Settings, target: Stage, clock=time.time) -> Item:
 def revert_item(txn: Transaction) -> Item:
     """The revert config must pass nginx -t, so an emergency revert cannot be the thing that fails.
 
-    The check runs the revert config alone in a private minimal nginx config, so its verdict
-    depends only on that text and the nginx binary: a pass is remembered for both, and the
-    next widening with neither changed skips the extra nginx -t.
+    It is checked inside the site's whole config (flattened, with lbsplit.conf's include pointed at the
+    revert text; the live file is never touched), so the site's own log formats, maps and rules are in
+    it. When that copy cannot judge (it cannot be built, or nginx -t rejects it even with the live file),
+    the revert config is checked alone in a private minimal config, and the item says why. A pass is
+    remembered for the revert text, the site's config and the nginx binary: the next widening with none
+    of them changed skips the extra nginx -t.
     """
+    from ..nginx.flatten import CannotFlatten  # noqa: PLC0415
+
     lua = txn.settings.nginx.runtime == Runtime.LUA
-    if lua and live_stage((files.read_bytes(txn.live) or b"")[:1 << 16].decode("utf-8", errors="replace")):
+    live = (files.read_bytes(txn.live) or b"").decode("utf-8", errors="replace")
+    if lua and live_stage(live[:1 << 16]):
         return Item("revert config", True, "lua runtime: a revert sets v2 off live, with no nginx -t and no reload")
     prepared = plan(txn.settings, Stage.off(), remember=True)
-    text = prepared.text(0)
-    key = hashlib.sha256(f"{txn.nginx.identity()}\0{text}".encode()).hexdigest()
+    text = carry_sizing(live, prepared.text(0))  # what a revert would install
+    try:
+        copy, alone = txn.nginx.site_copy(), None
+    except CannotFlatten as e:
+        copy, alone = None, str(e)
+    key = hashlib.sha256(f"{txn.nginx.identity()}\0{text}\0{copy or ''}".encode()).hexdigest()
+    where = "inside your nginx config" if copy is not None else "on its own"
     marker = txn.store.dir / REVERT_CHECKED
     try:
-        if (files.read_bytes(marker) or b"").decode() == key:
+        if copy is not None and (files.read_bytes(marker) or b"").decode() == key:
             # the same bytes passed the structure check and nginx -t before
-            return Item("revert config", True, "passes nginx -t (unchanged since it last passed)")
+            return Item("revert config", True, "passes nginx -t inside your nginx config (unchanged since it last "
+                                               "passed)")
     except LbsplitError:
         pass
     prepared.checked_text(0)
-    error = txn.nginx.test_snippet(text, lua_modules() if lua else ())
+    error = None
+    if copy is not None:
+        try:
+            error = txn.nginx.test_in_site(text, copy)
+        except CannotFlatten as e:
+            copy, alone, where = None, str(e), "on its own"
+    if copy is None:
+        error = txn.nginx.test_snippet(text, lua_modules() if lua else ())
     if error:
-        return Item("revert config", False, f"nginx -t rejects it: {error}")
+        return Item("revert config", False, f"nginx -t rejects it {where}: {error}")
+    if alone:  # a pass on its own is not remembered: whether the site's copy can judge may change next time
+        return Item("revert config", True, f"passes nginx -t on its own (not inside your config: {alone})")
     try:
         files.atomic_write(marker, key)
     except LbsplitError:
         pass  # only a lost shortcut
-    return Item("revert config", True, "passes nginx -t")
+    return Item("revert config", True, f"passes nginx -t {where}")
 
 
 def _epoch(iso: str) -> float | None:
