@@ -198,8 +198,12 @@ class Transaction:
             return f"reloading the previous config failed too: {e}"
         if generation is None:
             return "reloaded the previous config"
+        # Asked where the restored file's status server listens: the failed change may have moved it.
+        restored = status_listen_of((files.read_bytes(self.live) or b"")[:1 << 16].decode("utf-8", errors="replace"))
+        nginx = self.nginx if restored in (None, self.settings.nginx.status_listen) else \
+            Nginx(dataclasses.replace(self.settings.nginx, status_listen=restored))
         timeout = self.settings.nginx.verify_timeout
-        if self.nginx.wait_serving(generation, old, timeout) and self.nginx.wait_settled(generation, timeout):
+        if nginx.wait_serving(generation, old, timeout) and nginx.wait_settled(generation, timeout):
             return f"nginx serves generation {generation} again"
         return f"nginx does not answer with generation {generation} yet; check `lbsplit status`"
 
