@@ -187,3 +187,21 @@ def test_healthy_v2_passes_and_both_sources_combine():
     bad = evaluate_log(vs(1000), vs(100, errors=50), T10, health())
     assert combine([ok, bad]).outcome == "fail"
     assert combine([ok, ok]).outcome == "pass"
+
+
+def test_a_second_read_over_two_runs_keeps_every_latency_count():
+    """The window is saved as JSON between runs: one second's lines read half in each run must keep the
+    histogram's counts equal to the requests, and p95 what the lines say (3 ms), not the histogram's top edge."""
+    import json
+
+    first, second = "".join(line(NOW - 5.5, rt=0.003) for _ in range(60)), "".join(line(NOW - 5.2, rt=0.003)
+                                                                                   for _ in range(40))
+    w = Window()
+    w.add_text(first, {}, NOW - 60)
+    again = Window(json.loads(json.dumps(w.to_json())))
+    again.add_text(second, {}, NOW - 60)
+    restored = Window(json.loads(json.dumps(again.to_json())))
+    v2 = restored.stats(NOW - 60, NOW)["v2"]
+    assert v2.requests == 100 and sum(v2.hist.values()) == 100
+    assert v2.p95_response_time == stats_of(first + second)["v2"].p95_response_time
+    assert 0.003 <= v2.p95_response_time < 0.0034

@@ -110,8 +110,11 @@ class Window:
     """
 
     def __init__(self, rows: dict | None = None):
+        # JSON keys are strings: the seconds and each row's histogram bins become ints again, or a second
+        # whose lines are read over two runs would hold bin "12" and bin 12, and saving it keeps only one.
         self.rows: dict[str, dict[int, list]] = {
-            v: {int(s): r for s, r in secs.items()} for v, secs in (rows or {}).items()
+            v: {int(s): [*r[:4], {int(b): n for b, n in r[4].items()}] for s, r in secs.items()}
+            for v, secs in (rows or {}).items()
         }
 
     def to_json(self) -> dict:
