@@ -138,6 +138,7 @@ class HealthSettings:
     min_requests: int = 50
     baseline_error_margin: float = 0.02
     baseline_latency_factor: float = 1.5
+    confidence: float = 0.99  # how sure a verdict from counted requests must be that v2 is worse
     levels: tuple[tuple[str, Level], ...] = tuple(DEFAULT_LEVELS.items())
     scales: tuple[tuple[str, float], ...] = ()  # metric -> multiplier of the raw value
     custom: tuple[CustomMetric, ...] = ()
@@ -300,6 +301,7 @@ SCHEMA: dict[str, object] = {
         "min_requests": int,
         "baseline_error_margin": (int, float),
         "baseline_latency_factor": (int, float),
+        "confidence": (int, float),
     },
     "notify": {"webhook": str, "timeout": (int, float), "format": str, "min_level": str,
                "webhooks": [{"url": str, "format": str, "min_level": str}]},
@@ -745,6 +747,9 @@ def _health(base: Path, table: dict, state_dir: Path) -> HealthSettings:
         raise ConfigError("health.min_requests: give a whole number of requests from 1 up")
     margin = float(table.get("baseline_error_margin", 0.02))
     factor = float(table.get("baseline_latency_factor", 1.5))
+    confidence = float(table.get("confidence", 0.99))
+    if not 0.5 <= confidence < 1:  # also refuses NaN
+        raise ConfigError("health.confidence: give a probability from 0.5 up to but not 1, e.g. 0.99")
     if not math.isfinite(factor):
         raise ConfigError("health.baseline_latency_factor: give a finite factor of at least 1, e.g. 1.5")
     if not 0 <= margin <= 1:
@@ -782,6 +787,7 @@ def _health(base: Path, table: dict, state_dir: Path) -> HealthSettings:
         min_requests=min_requests,
         baseline_error_margin=margin,
         baseline_latency_factor=factor,
+        confidence=confidence,
         levels=tuple({**DEFAULT_LEVELS, **{m: _level(v, f"health.levels.{m}")
                                            for m, v in table.get("levels", {}).items()}}.items()),
         scales=tuple((m, _positive_scale(v, f"health.scale.{m}")) for m, v in sorted(table.get("scale", {}).items())),

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from ..config import CustomMetric, HealthSettings, Thresholds
+from . import stats
 from ..model import DEFAULT_LEVELS, METRICS, RATE_METRICS, Bound, Level, NoData, OnBreach, Outcome, Stage
 
 CRON_PERIOD = 60.0
@@ -31,16 +32,20 @@ class Reading:
     ok: bool = True
     level: Level = Level.P1
     bound: Bound = Bound.MAX
+    evidence: str = ""  # from counted requests: the interval or test behind the verdict, and its p-value
 
     def text(self) -> str:
         where = "log: v2 " if self.source == LOG else ""
+        beyond = self.value > self.limit if self.bound == Bound.MAX else self.value < self.limit
         if self.bound == Bound.MAX:
-            relation = "<=" if self.ok else ">"
+            relation = ">" if beyond else "<="
         else:
-            relation = ">=" if self.ok else "<"
+            relation = "<" if beyond else ">="
         basis = " (v1 + margin)" if self.against == BASELINE else ""
         level = "" if self.level == Level.P1 else f" [{self.level}]"
-        return f"{where}{self.metric} {self.value:.4g} {relation} {self.limit:.4g}{basis}{level}"
+        unproven = " but not proven" if beyond and self.ok else ""
+        evidence = f" ({self.evidence})" if self.evidence else ""
+        return f"{where}{self.metric} {self.value:.4g} {relation} {self.limit:.4g}{basis}{unproven}{evidence}{level}"
 
 
 @dataclass(frozen=True)
@@ -210,23 +215,36 @@ def evaluate_log(v1, v2, t: Thresholds, health: HealthSettings, problem: str | N
         return Check(_outcome(False, True, policy), (), (Missing(LOG, why),), metrics, policy)
     readings, shared = [], []
     baseline = v1.requests >= health.min_requests
+    confidence = health.confidence
+    counted = {"error_rate": "errors", "timeout_rate": "timeouts"}
     for metric in ("error_rate", "timeout_rate", "avg_response_time"):
         value, limit = getattr(v2, metric), t.limit(metric)
         theirs = getattr(v1, metric)
-        if value > limit and baseline and theirs is not None and theirs > limit:
+        evidence, breached = "", value > limit
+        if metric in counted:  # a rate from counted requests: breached only when its lower bound is above the limit
+            test = stats.above(getattr(v2, counted[metric]), v2.requests, limit, confidence)
+            evidence, breached = f"{test.detail}; {test.text()}", test.worse
+            if breached and baseline and stats.above(getattr(v1, counted[metric]), v1.requests, limit, confidence).worse:
+                shared.append(f"log: v1 fails as badly ({metric} v1 {theirs:g}, v2 {value:g}); not blaming v2")
+                continue
+        elif breached and baseline and theirs is not None and theirs > limit:
             shared.append(f"log: v1 fails as badly ({metric} v1 {theirs:g}, v2 {value:g}); not blaming v2")
             continue
-        readings.append(Reading(metric, value, limit, LOG, ok=value <= limit, level=levels.get(metric, Level.P1)))
+        readings.append(Reading(metric, value, limit, LOG, ok=not breached, level=levels.get(metric, Level.P1),
+                                evidence=evidence))
     if baseline:
         margin = health.baseline_error_margin
-        limit = v1.error_rate + margin
-        readings.append(Reading("error_rate", v2.error_rate, limit, LOG, BASELINE, ok=v2.error_rate <= limit))
+        test = stats.worse_by(v2.errors, v2.requests, v1.errors, v1.requests, margin, confidence)
+        readings.append(Reading("error_rate", v2.error_rate, v1.error_rate + margin, LOG, BASELINE, ok=not test.worse,
+                                evidence=f"{test.detail}; {test.text()}"))
         factor = health.baseline_latency_factor
         p2, p1 = v2.p95_response_time, v1.p95_response_time
-        # differences under 50 ms are histogram noise at these sizes, not a regression
-        ok = not (p2 > p1 * factor and p2 - p1 > 0.05)
+        # The effect must be big enough (differences under 50 ms are histogram noise at these sizes) and v2's
+        # latencies slower than v1's beyond chance (a rank test of the two windows' histograms).
+        test = stats.slower(v2.hist, v1.hist, confidence)
+        ok = not (p2 > p1 * factor and p2 - p1 > 0.05 and test.worse)
         readings.append(Reading("p95_response_time", p2, max(p1 * factor, p1 + 0.05), LOG, BASELINE, ok=ok,
-                                level=levels.get("avg_response_time", Level.P2)))
+                                level=levels.get("avg_response_time", Level.P2), evidence=test.text()))
     return Check(_graded(readings, [], policy, inconclusive=bool(shared)), tuple(readings), (), metrics, policy,
                  tuple(shared))
 
@@ -250,7 +268,8 @@ def combine(checks: list[Check]) -> Check:
 
 def decide(consecutive: int, check: Check, failures_before_revert: int,
            revert_levels: tuple[Level, ...] = (Level.P1,)) -> Verdict:
-    """A pass resets the count, a failure adds one, ignored no-data leaves it; N in a row revert.
+    """A pass (or a check that blames v1 as much) resets the count, a failure adds one, ignored no-data leaves it;
+    N in a row revert.
 
     A P2-only breach (an alert) counts like a pass, unless P2 is among `revert_levels`.
     """
@@ -258,7 +277,11 @@ def decide(consecutive: int, check: Check, failures_before_revert: int,
         check = Check(Outcome.FAIL, check.readings, check.missing, check.metrics, check.policy, check.notes)
     if check.outcome in (Outcome.PASS, Outcome.ALERT):
         return Verdict(0, False)
-    if check.outcome in (Outcome.NO_DATA, Outcome.INCONCLUSIVE):
+    if check.outcome == Outcome.INCONCLUSIVE:
+        # It judged and found nothing to blame v2 for (v1 fails as badly): failures on either side of it
+        # are not in a row.
+        return Verdict(0, False)
+    if check.outcome == Outcome.NO_DATA:
         return Verdict(consecutive, False)
     count = consecutive + 1
     return Verdict(count, count >= failures_before_revert)
