@@ -130,6 +130,59 @@ def _fleet(r: dict) -> list[str]:
     return out
 
 
+def _fmt(x: float) -> str:
+    return "0" if x == 0 else f"{x:.2g}"
+
+
+def _judge(r: dict) -> list[str]:
+    j = r.get("judge")
+    if not j:
+        return []
+    out = [
+        "## 9. The judge: false reverts and detection",
+        "",
+        *_when(r, "judge"),
+        "Method (`benchmarks/judge.py`): exact, not sampled. The real `judge.evaluate_log` at the 10% stage (error",
+        f"rate limit {j['threshold']:.0%}, margin {j['margin']:.0%} over v1, v1 serving {j['v1_per_v2']} requests per v2",
+        f"request, `failures_before_revert` = {j['failures_before_revert']}, min_requests 50, no_data ignored) is",
+        "evaluated over every pair of error counts with any probability; binomial probabilities give each check's",
+        "failure probability q. *False reverts per 1,000 rollout-days*, v2 as good as v1: conservative = each of the",
+        f"day's {j['windows_per_day']:.0f} disjoint 5-minute windows is a chance to revert (the checks every minute",
+        f"share 80% of their window, so one failing window may fail three checks in a row); independent = three",
+        f"failures in a row among {j['checks_per_day']} independent checks a day. The truth lies between. *Reverted",
+        f"within {j['failures_before_revert']} checks*: q^{j['failures_before_revert']} (independence: a lower bound).",
+        "Old = the point-estimate rule before the statistics, on the same grid.",
+        "",
+        "| v1 error rate | v2 requests/window | v2 vs v1 | false reverts /1000 days, new (cons. / indep.) | old (cons. / indep.) "
+        "| reverted within 3 checks, new | old |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in j["rows"]:
+        n, o = row["new"], row["old"]
+        healthy = row["effect"] == 1.0
+        out.append(
+            f"| {row['background']:.1%} | {row['v2_requests']:,} | x{row['effect']:g} | "
+            + (f"{_fmt(n['false_reverts_per_1000_days'])} / {_fmt(n['independent_per_1000_days'])} | "
+               f"{_fmt(o['false_reverts_per_1000_days'])} / {_fmt(o['independent_per_1000_days'])} | - | - |"
+               if healthy else f"- | - | {_fmt(n['reverted_within_r'])} | {_fmt(o['reverted_within_r'])} |"))
+    detect = j["goal_detect"]
+    out += [
+        "",
+        f"Goal 1, v2 as good as v1, fewer than 1 false revert in 1,000 rollout-days wherever v2 has at least 100",
+        f"requests a window: independent checks: {_verdict(j['goal_false_independent'] < 1)} (worst "
+        f"{_fmt(j['goal_false_independent'])}; old rule {_fmt(j['goal_false_independent_old'])}); conservative model: "
+        f"{_verdict(j['goal_false'] < 1)} (worst {_fmt(j['goal_false'])}; old rule {_fmt(j['goal_false_old'])}).",
+        "",
+        f"Goal 2, a doubled error rate at 1,000 v2 requests a window reverted within 3 checks with probability 0.99: "
+        + ", ".join(f"at {float(b):.1%} v1 errors {_fmt(v)} ({_verdict(v >= 0.99)})" for b, v in detect.items())
+        + ". A doubling from 0.5% or 2% stays under the stage's 5% limit and within v1 + 2 points: by the plan's own",
+        "thresholds it is not a breach, so no rule that follows them reverts it (the old rule's higher figures there",
+        "are the same noise that gave it its false reverts).",
+        "",
+    ]
+    return out
+
+
 def write_report(r: dict, path: Path) -> None:
     m = r["machine"]
     out = [
@@ -298,4 +351,5 @@ def write_report(r: dict, path: Path) -> None:
         out += extra.get("markdown", [])
     out += _lua_runtime(r)
     out += _fleet(r)
+    out += _judge(r)
     path.write_text("\n".join(out) + "\n")

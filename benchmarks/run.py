@@ -613,6 +613,13 @@ def _log_markdown(rows: list[dict], rounds: int) -> list[str]:
 
 
 # ---------------------------------------------------------------- report
+def judge_section() -> None:
+    """The judge's false reverts and detection over a grid, computed exactly (benchmarks/judge.py)."""
+    from benchmarks import judge
+
+    RESULTS["judge"] = judge.run()
+
+
 def machine() -> dict:
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor())
@@ -644,6 +651,7 @@ def main() -> int:
         "lua_runtime": lambda root: lua_runtime(root, [0, 100_000] if q else [0, 100_000, 1_000_000],
                                                 {0: 3 if q else 9, 100_000: 3 if q else 7, 1_000_000: 3}, 10 if q else 50),
         "fleet": lambda root: fleet_times(root, [1, 3] if q else [1, 3, 10], 3 if q else 7),
+        "judge": lambda root: judge_section(),
         "log_parse": lambda root: log_parse(root / "logs", [200_000, 2_000_000] if not q else [100_000, 400_000],
                                             3 if not q else 1),
     }

@@ -57,22 +57,27 @@ def rate_bounds(k: int, n: int, confidence: float = DEFAULT_CONFIDENCE) -> tuple
 
 
 def binomial_upper_tail(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p), summed in logs from k up until the terms no longer count."""
+    """P(X >= k) for X ~ Binomial(n, p): the first term from log-gamma, the next ones by their ratio, until
+    they no longer count. Above the mean the terms shrink at least geometrically, so few are summed."""
     if k <= 0:
         return 1.0
     if k > n or p <= 0:
         return 0.0
     if p >= 1:
         return 1.0
-    log_p, log_q = math.log(p), math.log1p(-p)
-    base = math.lgamma(n + 1)
-    total, j = 0.0, k
-    while j <= n:
-        term = math.exp(base - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * log_p + (n - j) * log_q)
+    log_first = math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * math.log(p) + \
+        (n - k) * math.log1p(-p)
+    if log_first < -700 and k > n * p:
+        return 0.0  # below 1e-300: nothing a confidence setting can tell from zero
+    odds = p / (1 - p)
+    term = total = math.exp(log_first)
+    j = k
+    while j < n:
+        term *= (n - j) / (j + 1) * odds
         total += term
-        if j > n * p and term < total * 1e-12:
-            break
         j += 1
+        if j > n * p and term <= total * 1e-13:
+            break
     return min(1.0, total)
 
 
