@@ -148,7 +148,7 @@ def _judge(r: dict) -> list[str]:
         "evaluated over every pair of error counts with any probability; binomial probabilities give each check's",
         "failure probability q. *False reverts per 1,000 rollout-days*, v2 as good as v1: conservative = each of the",
         f"day's {j['windows_per_day']:.0f} disjoint 5-minute windows is a chance to revert (the checks every minute",
-        f"share 80% of their window, so one failing window may fail three checks in a row); independent = three",
+        "share 80% of their window, so one failing window may fail three checks in a row); independent = three",
         f"failures in a row among {j['checks_per_day']} independent checks a day. The truth lies between. *Reverted",
         f"within {j['failures_before_revert']} checks*: q^{j['failures_before_revert']} (independence: a lower bound).",
         "Old = the point-estimate rule before the statistics, on the same grid.",
@@ -168,12 +168,12 @@ def _judge(r: dict) -> list[str]:
     detect = j["goal_detect"]
     out += [
         "",
-        f"Goal 1, v2 as good as v1, fewer than 1 false revert in 1,000 rollout-days wherever v2 has at least 100",
+        "Goal 1, v2 as good as v1, fewer than 1 false revert in 1,000 rollout-days wherever v2 has at least 100",
         f"requests a window: independent checks: {_verdict(j['goal_false_independent'] < 1)} (worst "
         f"{_fmt(j['goal_false_independent'])}; old rule {_fmt(j['goal_false_independent_old'])}); conservative model: "
         f"{_verdict(j['goal_false'] < 1)} (worst {_fmt(j['goal_false'])}; old rule {_fmt(j['goal_false_old'])}).",
         "",
-        f"Goal 2, a doubled error rate at 1,000 v2 requests a window reverted within 3 checks with probability 0.99: "
+        "Goal 2, a doubled error rate at 1,000 v2 requests a window reverted within 3 checks with probability 0.99: "
         + ", ".join(f"at {float(b):.1%} v1 errors {_fmt(v)} ({_verdict(v >= 0.99)})" for b, v in detect.items())
         + ". A doubling from 0.5% or 2% stays under the stage's 5% limit and within v1 + 2 points: by the plan's own",
         "thresholds it is not a breach, so no rule that follows them reverts it (the old rule's higher figures there",
