@@ -355,7 +355,9 @@ def status_lines(s: dict) -> list[str]:
     if plan.get("position"):
         line = f"plan:        stage {plan['position']} of {plan['of']}"
         if plan.get("soak_s"):
-            line += f", clean for {format_span(plan['clean_for_s'])} of {format_span(plan['soak_s'])}"
+            line += f", clean for {format_span(plan['clean_for_s'])} of {format_span(plan['soak_s'])} watched"
+            if plan.get("soak_note"):
+                line += f" ({plan['soak_note']})"
         line += "; release complete" if plan.get("release_complete") else (
             f"; next {plan['next']}%" if plan.get("next") is not None else "")
         lines.append(line)

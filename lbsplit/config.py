@@ -17,6 +17,7 @@ from .model import (
     DEFAULT_KEY,
     DEFAULT_MODE,
     DEFAULT_RUNTIME,
+    DEFAULT_ADVISORY,
     DEFAULT_CHECKS,
     DEFAULT_LEVELS,
     DEFAULT_SOAK,
@@ -223,6 +224,7 @@ class PlanSettings:
     checks: tuple[tuple[int, tuple[str, ...]], ...] = tuple(DEFAULT_CHECKS.items())
     enforce_soak: bool = False  # True: an explicit `apply` must satisfy soak and checks too, not only `promote`
     auto_promote: bool = False  # True: the watchdog promotes when soak and gate pass (never past unconfirmed checks)
+    advisory: tuple[str, ...] = DEFAULT_ADVISORY  # manual checks that are not key: unconfirmed, they only warn
 
     def soak_for(self, hundredths: int) -> float:
         return dict(self.soak).get(hundredths, 0.0)
@@ -307,7 +309,7 @@ SCHEMA: dict[str, object] = {
                "webhooks": [{"url": str, "format": str, "min_level": str}]},
     "hooks": {"pre_promote": list, "post_apply": list, "post_revert": list, "on_alert": list,
               "timeout": (int, float)},
-    "plan": {"soak": dict, "checks": dict, "enforce_soak": bool, "auto_promote": bool},
+    "plan": {"soak": dict, "checks": dict, "enforce_soak": bool, "auto_promote": bool, "advisory": list},
     "fleet": {"etcd": list, "prefix": str, "host": str, "agent_ttl": int, "apply_timeout": (int, float),
               "ca_file": str, "cert_file": str, "key_file": str, "user": str, "password_file": str,
               "password_env": str},
@@ -587,8 +589,12 @@ def _plan(table: dict) -> PlanSettings:
         if not isinstance(items, list) or not all(isinstance(i, str) and i.strip() and len(i) <= 200 for i in items):
             raise ConfigError(f'{name}: expected a list of check names, e.g. ["user feedback positive"]')
         checks[parse_percent(str(key), name)] = tuple(i.strip() for i in items)
+    advisory = table.get("advisory", list(DEFAULT_ADVISORY))
+    if not isinstance(advisory, list) or not all(isinstance(i, str) and i.strip() for i in advisory):
+        raise ConfigError('plan.advisory: expected a list of check names, e.g. ["user feedback positive"]')
     return PlanSettings(tuple(sorted(soak.items())), tuple(sorted((k, v) for k, v in checks.items() if v)),
-                        bool(table.get("enforce_soak", False)), bool(table.get("auto_promote", False)))
+                        bool(table.get("enforce_soak", False)), bool(table.get("auto_promote", False)),
+                        tuple(i.strip() for i in advisory))
 
 
 def _seconds(value: object, field_name: str, low: float, high: float, zero_ok: bool = False) -> float:

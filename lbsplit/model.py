@@ -108,6 +108,12 @@ DEFAULT_STAGES = (0, 1000, 3000, 10000)
 DEFAULT_SOAK = {1000: 48 * 3600.0, 3000: 72 * 3600.0, 10000: 24 * 3600.0}
 # Items a person confirms (`lbsplit promote --confirm ITEM`) before a stage may be entered.
 DEFAULT_CHECKS = {10000: ("performance baseline passed", "user feedback positive")}
+# The plan's final check before 100% names three items only the user's own metrics can judge: each is covered by
+# a [[health.metrics]] entry of this name (the gate and `plan` list the missing ones).
+FINAL_METRIC_ITEMS = (("dead letter queue cleared", "dead_letter_backlog", "max = 0"),
+                      ("AI failure rate below 5%", "ai_failure_rate", "max = 0.05"),
+                      ("database error rate below 1%", "db_error_rate", "max = 0.01"))
+DEFAULT_ADVISORY = ("user feedback positive",)  # the plan marks it not key: a missing confirm warns, never blocks
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,15 @@ def age(sb, hours):
     state["applied_at"] = when.replace(microsecond=0).isoformat().replace("+00:00", "Z")
     path.write_text(json.dumps(state))
     wd_path = sb.state_dir / "watchdog.json"
-    if wd_path.exists():
-        wd = json.loads(wd_path.read_text())
-        if wd.get("last_breach_at"):
-            wd["last_breach_at"] -= hours * 3600
-        wd_path.write_text(json.dumps(wd))
+    wd = json.loads(wd_path.read_text()) if wd_path.exists() else {}
+    if wd.get("last_breach_at"):
+        wd["last_breach_at"] -= hours * 3600
+    # ... and the watchdog watched it all along (soak counts watched time only; tests/test_soak.py)
+    import time
+
+    wd.update(watched_generation=state["generation"], watched_s=hours * 3600, watched_last_at=time.time(),
+              last_check_at=time.time())
+    wd_path.write_text(json.dumps(wd))
 
 
 def v2_users(sb):

@@ -21,13 +21,26 @@ def configure(sb, endpoint, plan=""):
                     extra=f'\n[health]\nurl = "{endpoint.url}"\ntimeout = 1\n{plan}')
 
 
-def age_stage(sb, hours: float) -> None:
-    """Pretend the live stage was applied `hours` ago."""
+def age_stage(sb, hours: float, watched: float | None = None, stopped_ago: float = 0.0) -> None:
+    """Pretend the live stage was applied `hours` ago and the watchdog watched it clean for `watched` hours (all
+    along by default), its last check `stopped_ago` hours ago. watched=0: no watchdog ever ran."""
+    import time
+
     path = sb.state_dir / "state.json"
     state = json.loads(path.read_text())
     when = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=hours)
     state["applied_at"] = when.replace(microsecond=0).isoformat().replace("+00:00", "Z")
     path.write_text(json.dumps(state))
+    watched = hours if watched is None else watched
+    wd_path = sb.state_dir / "watchdog.json"
+    wd = json.loads(wd_path.read_text()) if wd_path.exists() else {}
+    if watched:
+        last = time.time() - stopped_ago * 3600
+        wd.update(watched_generation=state["generation"], watched_s=watched * 3600, watched_last_at=last,
+                  last_check_at=last)
+    else:
+        wd.update(watched_generation=None, watched_s=0.0, watched_last_at=None, last_check_at=None)
+    wd_path.write_text(json.dumps(wd))
 
 
 def test_promote_waits_for_the_soak_and_a_persons_apply_is_warned(sandbox):
@@ -46,6 +59,33 @@ def test_promote_waits_for_the_soak_and_a_persons_apply_is_warned(sandbox):
         assert "[warn] soak: clean for 0m" in warned.stdout and "of 72h00m at 30%" in warned.stdout
         status = json.loads(run_cli(sandbox.config_path, "status", "--json").stdout)
         assert status["percent"] == 50
+    finally:
+        endpoint.close()
+
+
+def test_the_soak_clock_counts_only_time_the_watchdog_watched(sandbox):
+    """49 h at 10% with no watchdog ever running is not 48 h of soak; nor is 10 h watched and then a watchdog
+    that stopped 2 h ago. Real watchdog runs then move the clock."""
+    endpoint = HealthEndpoint()
+    try:
+        configure(sandbox, endpoint)
+        ok(run_cli(sandbox.config_path, "promote"))  # off -> 10
+        age_stage(sandbox, 49, watched=0)
+        refused = run_cli(sandbox.config_path, "promote")
+        assert refused.returncode == 8, refused.stdout
+        assert "[FAIL] soak: clean for 0m00s of 48h00m at 10%, watched time only; the watchdog has not checked " \
+               "this stage yet, so the clock stands still" in refused.stderr
+        age_stage(sandbox, 49, watched=10, stopped_ago=2)
+        refused = run_cli(sandbox.config_path, "promote")
+        assert refused.returncode == 8 and "clean for 10h00m of 48h00m" in refused.stderr
+        assert "the watchdog stopped 2h00m ago" in refused.stderr, refused.stderr
+        status = run_cli(sandbox.config_path, "status").stdout
+        assert "clean for 10h00m of 48h00m watched (the watchdog stopped 2h00m ago)" in status, status
+        age_stage(sandbox, 49, watched=10, stopped_ago=0)
+        before = json.loads((sandbox.state_dir / "watchdog.json").read_text())["watched_s"]
+        ok(run_cli(sandbox.config_path, "watchdog", "--once"))
+        after = json.loads((sandbox.state_dir / "watchdog.json").read_text())["watched_s"]
+        assert 0 < after - before < 120, (before, after)  # the real check added the time since the last one
     finally:
         endpoint.close()
 
@@ -170,5 +210,56 @@ def test_plan_check_shows_what_the_gate_says(sandbox):
         view = json.loads(as_json.stdout)
         assert view["gate"]["refuses"] is True and any(i["name"] == "soak" for i in view["gate"]["items"])
         assert ok(run_cli(sandbox.config_path, "plan")).returncode == 0  # without --check: a view, exit 0
+    finally:
+        endpoint.close()
+
+
+def test_a_widening_while_nobody_watches_is_refused_unless_forced(sandbox):
+    """v2 on for an hour with no watchdog ever run, or one that stopped: the gate refuses to widen (exit 8);
+    right after a change it only warns (cron may not have run yet); --force proceeds and is recorded."""
+    endpoint = HealthEndpoint()
+    try:
+        configure(sandbox, endpoint, plan='\n[plan]\nsoak = { "10" = "0s" }\n')
+        ok(run_cli(sandbox.config_path, "apply", "10"))
+        fresh = ok(run_cli(sandbox.config_path, "check", "30"))
+        assert "[warn] watchdog: has never checked v2" in fresh.stdout
+        age_stage(sandbox, 1, watched=0)
+        refused = run_cli(sandbox.config_path, "apply", "30")
+        assert refused.returncode == 8 and "[FAIL] watchdog: has never checked v2" in refused.stderr, refused.stderr
+        age_stage(sandbox, 1, watched=0.5, stopped_ago=0.5)
+        refused = run_cli(sandbox.config_path, "apply", "30")
+        assert refused.returncode == 8 and "[FAIL] watchdog: last checked v2 30m00s ago" in refused.stderr
+        forced = ok(run_cli(sandbox.config_path, "apply", "30", "--force"))
+        assert "gate overridden with --force" in forced.stdout
+        last = [json.loads(x) for x in (sandbox.state_dir / "history.jsonl").read_text().splitlines()][-1]
+        assert any("watchdog" in item for item in last["forced"])
+        assert sandbox.variants([f"user-{i}" for i in range(300)]).count("v2") > 50
+    finally:
+        endpoint.close()
+
+
+def test_the_final_check_follows_the_plans_key_column_and_lists_all_ten_items(sandbox):
+    """User feedback is not key in the plan: unconfirmed, it warns; the performance baseline is key and blocks.
+    The three items only the user's metrics can judge are listed as not configured, in `plan` and `check`."""
+    endpoint = HealthEndpoint()
+    try:
+        configure(sandbox, endpoint, plan='\n[plan]\nsoak = { "10" = "0s", "30" = "0s" }\n')
+        plan = ok(run_cli(sandbox.config_path, "plan")).stdout
+        final = plan.split("final check before 100% (the plan's ten items):\n", 1)[1].splitlines()
+        assert len(final) == 10, final
+        assert sum(line.startswith("  todo") for line in final) == 3
+        assert 'todo AI failure rate below 5%: not configured: add a [[health.metrics]] entry with name = ' \
+               '"ai_failure_rate" and max = 0.05' in plan
+        ok(run_cli(sandbox.config_path, "apply", "30"))
+        ok(run_cli(sandbox.config_path, "watchdog", "--once"))
+        refused = run_cli(sandbox.config_path, "promote")
+        assert refused.returncode == 8
+        assert '[FAIL] check: performance baseline passed: to do' in refused.stderr
+        assert '[warn] check: user feedback positive: to do: lbsplit promote --confirm "user feedback positive" ' \
+               '(not key: a warning, never a refusal)' in refused.stderr
+        assert '[warn] final check: database error rate below 1%: not configured' in refused.stderr
+        promoted = ok(run_cli(sandbox.config_path, "promote", "--confirm", "performance baseline passed"))
+        assert "[warn] check: user feedback positive" in promoted.stdout
+        assert json.loads(run_cli(sandbox.config_path, "status", "--json").stdout)["percent"] == 100
     finally:
         endpoint.close()

@@ -182,3 +182,22 @@ def test_unreachable_endpoint_under_no_data_ignore_never_counts(tmp_path):
     assert saved.consecutive_failures == 0 and saved.last_outcome == Outcome.NO_DATA
     log = (store.dir / "watchdog.log").read_text()
     assert log.count("check=NO_DATA") == 3 and "no_data=ignore" in log and "connection refused" in log
+
+
+def test_the_soak_clock_adds_only_clean_watched_intervals():
+    from lbsplit.model import Outcome
+    from lbsplit.watch.judge import WATCH_GAP, watched
+
+    t0 = 1_000_000.0
+    state = watched(7, t0 - 30, Outcome.PASS, t0, 60, (None, 0.0, None))
+    assert state == (7, 30.0, t0)  # a first check within an interval of the apply counts from the apply
+    state = watched(7, t0 - 30, Outcome.PASS, t0 + 60, 60, state)
+    assert state[1] == 90.0
+    state = watched(7, t0 - 30, Outcome.NO_DATA, t0 + 120, 60, state)
+    assert state[1] == 90.0  # a check that could not judge adds nothing
+    state = watched(7, t0 - 30, Outcome.PASS, t0 + 120 + WATCH_GAP * 60 + 1, 60, state)
+    assert state[1] == 90.0  # after a gap of more than WATCH_GAP intervals nobody was watching
+    state = watched(7, t0 - 30, Outcome.PASS, t0 + 400, 60, state)
+    assert state[1] > 90.0
+    assert watched(7, t0 - 30, Outcome.ALERT, t0 + 460, 60, state)[1] == 0.0  # a P2 breach starts it again
+    assert watched(8, t0 + 500, Outcome.PASS, t0 + 505, 60, state)[1] == 5.0  # a new generation starts afresh

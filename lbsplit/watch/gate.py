@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 from ..config import Settings
 from ..errors import ConfigError, GateRefused, LbsplitError
-from ..model import Bound, Level, NoData, Runtime, Stage, format_span
+from ..model import FINAL_METRIC_ITEMS, Bound, Level, NoData, Runtime, Stage, format_span
 from ..nginx.dialect import carry_sizing, live_stage
 from ..rollout import files, transaction
 from ..rollout.state import StateStore
@@ -78,7 +78,8 @@ def health_items(settings: Settings, target: Stage, probe=None, clock=time.time,
     items = []
     use_log = health.uses_log and v2_serving
     if health.uses_log and not v2_serving:
-        items.append(Item("access log", True, "v2 gets no traffic yet, so the access log cannot judge it",
+        # nothing was checked: a warning, never an ok
+        items.append(Item("access log", False, "v2 gets no traffic yet, so the access log cannot judge it",
                           blocking=False))
     if health.uses_endpoint or use_log:
         from . import endpoint, sources  # noqa: PLC0415
@@ -89,21 +90,28 @@ def health_items(settings: Settings, target: Stage, probe=None, clock=time.time,
     return items
 
 
-def watchdog_item(settings: Settings, target: Stage, clock=time.time) -> Item:
-    """Is anyone watching? A warning only: the watchdog may be a systemd service that just started."""
+def watchdog_item(settings: Settings, target: Stage, clock=time.time, state=None) -> Item:
+    """Is anyone watching? While v2 is on and has been for a few check intervals, a watchdog that never checked
+    this stage or stopped blocks a widening (--force overrides): nobody would revert the wider stage. Right
+    after a change it only warns: cron may not have run yet."""
     from . import judge  # noqa: PLC0415
     from .memory import load_state  # noqa: PLC0415
 
     health = settings.health
     wd = load_state(StateStore(settings.state_dir).watchdog_path)
-    interval = max(judge.CRON_PERIOD, health.thresholds_for(target.hundredths).check_every)
-    if wd.last_check_at is None:
-        return Item("watchdog", False, "has never checked v2; run `lbsplit watchdog` from cron every minute "
-                                       "(README: The watchdog)", blocking=False)
+    live = state.hundredths if state is not None and state.v2_enabled else target.hundredths
+    interval = max(judge.CRON_PERIOD, health.thresholds_for(live).check_every)
+    applied = epoch(state.applied_at) if state is not None and state.v2_enabled else None
+    settled = applied is not None and clock() - applied > judge.WATCH_GAP * interval
+    checked_here = wd.last_check_at is not None and (state is None or wd.watched_generation in (None, state.generation))
+    fix = "run `lbsplit watchdog` from cron every minute (README: The watchdog)"
+    if wd.last_check_at is None or (settled and not checked_here):
+        what = "has never checked v2" if wd.last_check_at is None else f"has not checked v2 at {state.stage_text}"
+        return Item("watchdog", False, f"{what}; {fix}", blocking=settled)
     age = clock() - wd.last_check_at
     if age > 2 * interval:
-        return Item("watchdog", False, f"last checked v2 {age:.0f}s ago; nobody may be watching the wider rollout",
-                    blocking=False)
+        return Item("watchdog", False, f"last checked v2 {format_span(age)} ago; nobody is watching the rollout "
+                                       f"now: {fix}", blocking=settled)
     return Item("watchdog", True, f"last checked v2 {age:.0f}s ago")
 
 
@@ -159,7 +167,7 @@ def revert_item(txn: Transaction) -> Item:
     return Item("revert config", True, f"passes nginx -t {where}")
 
 
-def _epoch(iso: str) -> float | None:
+def epoch(iso: str) -> float | None:
     try:
         return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
     except (ValueError, AttributeError):
@@ -167,10 +175,11 @@ def _epoch(iso: str) -> float | None:
 
 
 def clean_time(settings: Settings, state, now: float) -> float | None:
-    """Seconds at the live stage with no P1/P2 breach (since it was applied, or since its last breach)."""
+    """Watched seconds at the live stage with no P1/P2 breach: only time between the watchdog's clean checks
+    counts (see judge.watched), never time nobody watched; at most the time since the apply or last breach."""
     if state is None or not state.v2_enabled:
         return None
-    since = _epoch(state.applied_at)
+    since = epoch(state.applied_at)
     if since is None:
         return None
     from .memory import load_state  # noqa: PLC0415
@@ -178,7 +187,28 @@ def clean_time(settings: Settings, state, now: float) -> float | None:
     wd = load_state(StateStore(settings.state_dir).watchdog_path)
     if wd.last_breach_at is not None and wd.last_breach_generation == state.generation:
         since = max(since, wd.last_breach_at)
-    return now - since
+    if settings.health is None:
+        return now - since  # nothing to watch with: wall time, and the soak item says so
+    if wd.watched_generation != state.generation or not isinstance(wd.watched_s, (int, float)):
+        return 0.0
+    return max(0.0, min(float(wd.watched_s), now - since))
+
+
+def unwatched_note(settings: Settings, state, now: float) -> str:
+    """"" while the watchdog checks the live stage; else why the soak clock stands still."""
+    from . import judge  # noqa: PLC0415
+    from .memory import load_state  # noqa: PLC0415
+
+    if settings.health is None or state is None or not state.v2_enabled:
+        return ""
+    wd = load_state(StateStore(settings.state_dir).watchdog_path)
+    interval = max(judge.CRON_PERIOD, settings.health.thresholds_for(state.hundredths).check_every)
+    if wd.last_check_at is None or wd.watched_generation != state.generation:
+        return "the watchdog has not checked this stage yet"
+    age = now - wd.last_check_at
+    if age > judge.WATCH_GAP * interval:
+        return f"the watchdog stopped {format_span(age)} ago"
+    return ""
 
 
 def soak_item(settings: Settings, state, now: float, strict: bool) -> Item | None:
@@ -188,7 +218,10 @@ def soak_item(settings: Settings, state, now: float, strict: bool) -> Item | Non
         return None
     clean = clean_time(settings, state, now) or 0.0
     ok = clean >= need
-    detail = f"clean for {format_span(clean)} of {format_span(need)} at {state.stage_text}"
+    note = unwatched_note(settings, state, now)
+    watched = "watched time only" if settings.health is not None else "wall time: no [health] section watches it"
+    detail = f"clean for {format_span(clean)} of {format_span(need)} at {state.stage_text}, {watched}" + (
+        f"; {note}, so the clock stands still" if note else "")
     if not ok:
         detail += " (promote waits; a person's `apply` proceeds unless plan.enforce_soak)" if strict else \
             " (proceeding: an explicit apply; set plan.enforce_soak = true to refuse)"
@@ -217,7 +250,9 @@ def check_items(settings: Settings, state, target: Stage, strict: bool) -> list[
         if entry:
             items.append(Item(f"check: {name}", True, f"confirmed by {entry.get('user')} at {entry.get('time')}"))
         else:
-            items.append(Item(f"check: {name}", False, f"to do: lbsplit promote --confirm \"{name}\"", blocking=strict))
+            key = name not in settings.plan.advisory  # the plan's key column: an advisory check only warns
+            items.append(Item(f"check: {name}", False, f"to do: lbsplit promote --confirm \"{name}\""
+                              + ("" if key else " (not key: a warning, never a refusal)"), blocking=strict and key))
     return items
 
 
@@ -227,11 +262,26 @@ def checklist(txn: Transaction, target: Stage, probe=None, clock=time.time, stri
     serving = state is not None and state.v2_enabled
     items = health_items(txn.settings, target, probe, clock, v2_serving=serving) + [revert_item(txn)]
     if txn.settings.health is not None:  # without [health] the health item already says there is nothing to watch
-        items.append(watchdog_item(txn.settings, target, clock))
+        items.append(watchdog_item(txn.settings, target, clock, state))
     soak = soak_item(txn.settings, state, clock(), strict)
     if soak is not None:
         items.append(soak)
-    return items + check_items(txn.settings, state, target, strict)
+    return items + check_items(txn.settings, state, target, strict) + final_items(txn.settings, target)
+
+
+def final_items(settings: Settings, target: Stage) -> list[Item]:
+    """Before 100%: the plan's final-check items that need the user's own metrics and have none configured,
+    as warnings, so a user sees all ten items of the plan's list, not only the covered ones."""
+    if target.hundredths != 10000 or settings.health is None:
+        return []
+    return [Item(f"final check: {item}", False, f"not configured: add a [[health.metrics]] entry with name = "
+                                               f"\"{metric}\" and {bound}", blocking=False)
+            for item, metric, bound in missing_final_metrics(settings)]
+
+
+def missing_final_metrics(settings: Settings) -> list[tuple[str, str, str]]:
+    names = {c.name for c in settings.health.custom} if settings.health is not None else set()
+    return [entry for entry in FINAL_METRIC_ITEMS if entry[1] not in names]
 
 
 def is_widening(current: Stage | None, target: Stage) -> bool:

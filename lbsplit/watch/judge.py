@@ -287,6 +287,29 @@ def decide(consecutive: int, check: Check, failures_before_revert: int,
     return Verdict(count, count >= failures_before_revert)
 
 
+WATCH_GAP = 3  # a gap of more than this many check intervals between checks stops the soak clock
+
+
+def watched(generation: int, applied_at: float | None, outcome: Outcome, now: float, interval: float,
+            previous: tuple[int | None, float, float | None]) -> tuple[int, float, float]:
+    """The soak clock after one check: (generation, watched clean seconds, when this check ran).
+
+    Only time between checks that judged v2 clean counts, and only across gaps of at most WATCH_GAP
+    check intervals (a watchdog that stopped is nobody watching); a P1/P2 breach starts it again
+    from zero, a check with no data adds nothing. `previous` is the last (generation, seconds, time).
+    """
+    generation_before, seconds, last_at = previous
+    if generation_before != generation or last_at is None:
+        seconds = 0.0
+        last_at = applied_at if applied_at is not None and 0 <= now - applied_at <= interval else now
+    if outcome in (Outcome.FAIL, Outcome.ALERT):
+        return generation, 0.0, now
+    gap = now - last_at
+    if outcome in (Outcome.PASS, Outcome.INCONCLUSIVE) and 0 <= gap <= WATCH_GAP * interval:
+        seconds += gap
+    return generation, seconds, now
+
+
 def breach_target(current: Stage, stages: tuple[int, ...], on_breach: OnBreach) -> Stage:
     """Where a breach sends traffic: v2 off, or the configured stage below the current one."""
     if on_breach == OnBreach.PREVIOUS:

@@ -27,6 +27,10 @@ class WatchdogState:
     last_breach_generation: int | None = None
     active_alerts: list = field(default_factory=list)  # the last check's breaches, for `lbsplit alerts`
     release_generation: int | None = None  # the generation whose release_complete was announced
+    # Soak counts watched time only: seconds of clean checks at `watched_generation`, and the last check counted.
+    watched_generation: int | None = None
+    watched_s: float = 0.0
+    watched_last_at: float | None = None
 
 
 def load_state(path: Path) -> WatchdogState:

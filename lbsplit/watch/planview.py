@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 from ..config import DEFAULT_THRESHOLDS, Settings
-from ..model import DEFAULT_LEVELS, METRICS, Level, Stage, format_span
+from ..model import DEFAULT_LEVELS, FINAL_METRIC_ITEMS, METRICS, Level, Stage, format_span
 from ..rollout.state import StateStore
 from ..rollout.status import live_status
-from .gate import clean_time
+from .gate import clean_time, missing_final_metrics, unwatched_note
 from .memory import load_state
 
 MODES = ("standard", "enhanced", "critical")  # the plan's monitoring modes, by threshold row
@@ -60,6 +60,8 @@ def plan_view(settings: Settings, clock=time.time) -> dict:
         "clean_for_s": clean,
         "soak_s": soak,
         "soak_done": clean is not None and clean >= soak,
+        "soak_note": unwatched_note(settings, state, clock()),
+        "final_check": final_check(settings),
         "release_complete": last and clean is not None and clean >= soak,
     }
 
@@ -68,7 +70,7 @@ def full_status(settings: Settings, clock=time.time) -> dict:
     """`lbsplit status`: what is live and served, where the rollout stands in the plan, the watchdog's state."""
     out = live_status(settings)
     view = plan_view(settings, clock)
-    out["plan"] = {k: view[k] for k in ("position", "of", "next", "clean_for_s", "soak_s", "soak_done",
+    out["plan"] = {k: view[k] for k in ("position", "of", "next", "clean_for_s", "soak_s", "soak_done", "soak_note",
                                          "release_complete")}
     wd = load_state(StateStore(settings.state_dir).watchdog_path)
     out["watchdog"] = {"last_check_at": wd.last_check_at, "last_outcome": wd.last_outcome or None,
@@ -100,10 +102,38 @@ def plan_lines(view: dict) -> list[str]:
                  + ("; `lbsplit check` shows what the gate says" if view["next"] is not None else ""))
     if view["clean_for_s"] is not None and view["soak_s"]:
         lines.append(f"soak: clean for {format_span(view['clean_for_s'])} of {format_span(view['soak_s'])}"
-                     + ("; release complete" if view["release_complete"] else ""))
+                     + ("; release complete" if view["release_complete"] else "")
+                     + (f"; {view['soak_note']}, so the clock stands still" if view.get("soak_note") else ""))
     if not view["health"]:
         lines.append("no [health] section: these are the plan's defaults, and nothing is checked")
+    lines.append("final check before 100% (the plan's ten items):")
+    lines += [f"  {'ok  ' if row['covered'] else 'todo'} {row['item']}: {row['by']}" for row in view["final_check"]]
     return lines
+
+
+def final_check(settings: Settings) -> list[dict]:
+    """The plan's final check before 100%, item by item, with what in this config judges each."""
+    health = settings.health
+    t = health.thresholds_for(10000) if health is not None else DEFAULT_THRESHOLDS[-1]
+    watched = "the watchdog, from cron (a stale or never-run one blocks a widening)"
+    rows = [("error rate below 3%", f"health threshold error_rate {t.error_rate:g} at 100%", health is not None),
+            ("timeout rate below 1%", f"health threshold timeout_rate {t.timeout_rate:g} at 100%", health is not None),
+            ("average response time below 20 s", f"health threshold avg_response_time {t.avg_response_time:g} s",
+             health is not None)]
+    missing = {metric for _, metric, _ in missing_final_metrics(settings)}
+    for item, metric, bound in FINAL_METRIC_ITEMS:
+        rows.append((item, f"custom metric {metric}" if metric not in missing else
+                     f"not configured: add a [[health.metrics]] entry with name = \"{metric}\" and {bound}",
+                     metric not in missing))
+    checks = settings.plan.checks_for(10000)
+    for item in ("performance baseline passed", "user feedback positive"):
+        key = "" if item not in settings.plan.advisory else " (not key: warns only)"
+        rows.append((item, f"manual check, `promote --confirm \"{item}\"`{key}" if item in checks else
+                     "not configured: add it to plan.checks.\"100\"", item in checks))
+    rows += [("monitoring running", watched, health is not None),
+             ("rollback script ready", "the gate's revert config check (nginx -t inside your config)", True)]
+    return [{"item": item, "by": by if covered or by.startswith("not configured") else "no [health] section",
+             "covered": covered} for item, by, covered in rows]
 
 
 def alerts_view(settings: Settings, clock=time.time) -> dict:

@@ -159,6 +159,10 @@ class Watchdog:
         verdict = judge.decide(wd.consecutive_failures, check, self.health.failures_before_revert,
                                self.health.revert_levels)
         wd.consecutive_failures = verdict.consecutive
+        interval = max(judge.CRON_PERIOD, thresholds.check_every)
+        wd.watched_generation, wd.watched_s, wd.watched_last_at = judge.watched(
+            state.generation, gate.epoch(state.applied_at), check.outcome, self.clock(), interval,
+            (wd.watched_generation, wd.watched_s, wd.watched_last_at))
         wd.last_check_at = self.clock()
         wd.last_outcome = str(check.outcome)
         wd.last_metrics = check.metrics
