@@ -201,3 +201,39 @@ def test_the_soak_clock_adds_only_clean_watched_intervals():
     assert state[1] > 90.0
     assert watched(7, t0 - 30, Outcome.ALERT, t0 + 460, 60, state)[1] == 0.0  # a P2 breach starts it again
     assert watched(8, t0 + 500, Outcome.PASS, t0 + 505, 60, state)[1] == 5.0  # a new generation starts afresh
+
+
+def test_hanging_webhooks_never_delay_the_next_check_and_a_send_waits_one_timeout_in_all(tmp_path):
+    """Three webhooks that never answer: the watchdog's checks go on while the alerts are still on their way
+    (no clock involved: the fake post blocks until released), and a person's send returns after one
+    notify.timeout for all three, naming each that did not answer."""
+    import threading
+
+    from lbsplit.config import load
+    from lbsplit.model import Level
+    from lbsplit.watch import notify
+
+    release, calls = threading.Event(), []
+
+    def hanging(url, payload, timeout):
+        calls.append(url)
+        release.wait(30)
+        return "webhook timed out"
+
+    wd, store = runner(tmp_path, [(None, "HTTP 500"), (None, "HTTP 500")])
+    config = tmp_path / "lbsplit.toml"
+    config.write_text(config.read_text() + '[notify]\ntimeout = 0.2\nwebhooks = ['
+                      + ", ".join(f'{{ url = "http://127.0.0.1:{p}/hook" }}' for p in (1, 2, 3)) + "]\n")
+    settings = load(config)
+    wd.settings, wd.notify = settings, hanging
+    try:
+        assert wd.check_once().kind == "fail"  # its alert went to three webhooks that hang
+        assert wd.check_once().kind == "fail"  # ... and the next check ran while they still hang
+        assert not release.is_set() and len(calls) >= 3
+        assert load_state(store.watchdog_path).consecutive_failures == 2
+        late = notify.send(settings, "apply", Level.P3, "a person's apply", post=hanging)
+        assert len(late) == 3 and all("did not answer within 0.2s" in line for line in late), late
+    finally:
+        release.set()
+        notify.drain(5)
+    assert all(line.startswith("notify ") for line in notify.drain(1))

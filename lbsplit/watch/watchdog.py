@@ -81,8 +81,9 @@ class Watchdog:
             self.echo(f"lbsplit watchdog: cannot write {self.health.log}: {e.strerror}; {line}")
 
     def _notify(self, event: str, payload: dict, level: Level = Level.P1, text: str = "") -> None:
-        for error in notify.send(self.settings, event, level, text or f"watchdog {event}", payload, post=self.notify):
-            self._log(error)
+        # In the background: a hanging webhook never delays the next check (errors are logged as they come).
+        notify.send(self.settings, event, level, text or f"watchdog {event}", payload, post=self.notify,
+                    background=True)
 
     def _measure(self, thresholds: Thresholds, hundredths: int) -> tuple[judge.Check, sources.LogProgress | None]:
         checks, progress = [], None
@@ -318,6 +319,8 @@ class Watchdog:
                     self.echo("lbsplit watchdog: this host no longer leads the fleet's watchdog; standing down")
                     return ExitCode.OK
                 result = self.check_once()
+                for error in notify.collect():
+                    self._log(error)
                 for message in result.messages:
                     self.echo(message)
                 if result.kind in (Kind.REVERT_FAILED, Kind.STUCK):
@@ -338,3 +341,7 @@ class Watchdog:
                 self.sleep(max(0.0, next_at - self.monotonic()))
         finally:
             guard.release()
+            # The run ends: give the alerts still on their way at most one webhook timeout in all.
+            budget = self.settings.notify.timeout + 0.5 if self.settings.notify is not None else 0.0
+            for error in notify.drain(budget):
+                self._log(error)
