@@ -235,3 +235,46 @@ def test_a_second_read_over_two_runs_keeps_every_latency_count():
     assert v2.requests == 100 and sum(v2.hist.values()) == 100
     assert v2.p95_response_time == stats_of(first + second)["v2"].p95_response_time
     assert 0.003 <= v2.p95_response_time < 0.0034
+
+
+@pytest.mark.parametrize("rotate", ["dateext", "compress", "delaycompress", "copytruncate-grown"])
+def test_logrotate_in_its_usual_forms_loses_no_line(tmp_path, rotate):
+    """150 lines after the last read, then logrotate: renamed to a dated name (RHEL's dateext), compressed at
+    once (compress without delaycompress), kept as .1 (delaycompress), or copied and truncated with the new
+    file grown past the old offset before the next run. Every line is read exactly once."""
+    import gzip
+    import shutil
+
+    log = tmp_path / "lbsplit.log"
+    write(log, line(NOW - 10) * 400)
+    _, cursor, _ = read_appended(log, None)
+    missed = "".join(line(NOW - 5, status=500) for _ in range(150))
+    write(log, missed)  # written after our last read, then rotated away
+    if rotate == "copytruncate-grown":
+        shutil.copy(log, tmp_path / "lbsplit.log.1")
+        write(log, "", mode="w")
+        after = line(NOW) * 900  # grows past the old offset before the next run
+    else:
+        dated = tmp_path / ("lbsplit.log-20261202" if rotate != "delaycompress" else "lbsplit.log.1")
+        os.rename(log, dated)
+        if rotate == "compress":
+            with open(dated, "rb") as src, gzip.open(f"{dated}.gz", "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            dated.unlink()
+        after = line(NOW) * 3
+    write(log, after)
+    texts, cursor, notes = read_appended(log, cursor)
+    assert "".join(texts) == missed + after, notes
+    assert notes and "read the rest of lbsplit.log" in notes[0], notes
+    again, _, _ = read_appended(log, cursor)
+    assert again == []  # nothing read twice
+
+
+def test_a_changed_access_log_starts_a_new_cursor(tmp_path):
+    first, second = tmp_path / "a.log", tmp_path / "b.log"
+    write(first, line(NOW - 3) * 10)
+    _, cursor, _ = read_appended(first, None)
+    write(second, line(NOW - 1) * 2)
+    texts, cursor, notes = read_appended(second, cursor)
+    assert "".join(texts) == line(NOW - 1) * 2 and "health.access_log changed" in notes[0]
+    assert cursor.path == str(second)

@@ -116,3 +116,37 @@ def test_rotation_in_the_middle_of_a_window_loses_nothing(sandbox):
         assert metrics["log_v2_error_rate"] == pytest.approx(0.25)
     finally:
         flaky.close()
+
+
+def test_a_log_in_another_format_is_named_and_lines_stamped_in_the_future_are_refused(sandbox):
+    """The site writes the watched log in nginx's `combined` format: the check names that format (found with
+    nginx -T) and the fix instead of "0 v2 requests"; the skipped lines are counted. Then 2,000 lines
+    stamped an hour ahead: counted as bad, none kept in the watchdog's state."""
+    import time
+
+    configure(sandbox, sandbox.v2_port, extra='no_data = "ignore"\n')
+    conf = sandbox.front.conf
+    conf.write_text(conf.read_text().replace("lbsplit-access.log lbsplit;", "lbsplit-access.log combined;"))
+    assert run_cli(sandbox.config_path, "apply", "30").returncode == 0  # the reload puts the site's change live
+    traffic(sandbox, 300)
+    result = run_cli(sandbox.config_path, "watchdog", "--once")
+    assert result.returncode == 0, result.stderr
+    log = (sandbox.state_dir / "watchdog.log").read_text().splitlines()[-1]
+    assert "check=NO_DATA" in log and "is in lbsplit's log format (300 lines skipped)" in log, log
+    assert f"nginx writes it with format combined (in {conf})" in log, log
+    assert "`access_log" in log and "lbsplit;`" in log
+
+    conf.write_text(conf.read_text().replace("lbsplit-access.log combined;", "lbsplit-access.log lbsplit;"))
+    assert run_cli(sandbox.config_path, "apply", "10").returncode == 0
+    access = sandbox.front.prefix / "lbsplit-access.log"
+    ahead = time.time() + 3600
+    with open(access, "a") as f:
+        for i in range(2000):
+            f.write(f"{ahead + i / 100:.3f}\tlbsplit_v2\t500\t500\t0.003\t0.003\t0.000\t127.0.0.1:{sandbox.v2_port}\n")
+    traffic(sandbox, 200)
+    assert run_cli(sandbox.config_path, "watchdog", "--once").returncode == 0
+    line = (sandbox.state_dir / "watchdog.log").read_text().splitlines()[-1]
+    assert "2000 of" in line and "stamped more than 5s in the future" in line, line
+    saved = json.loads((sandbox.state_dir / "watchdog.json").read_text())["log_window"]
+    seconds = [int(s) for rows in saved.values() for s in rows]
+    assert seconds and max(seconds) <= time.time() + 5, "no row from the future is kept"

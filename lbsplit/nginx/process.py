@@ -49,6 +49,12 @@ class Dump:
     lua_rewrites: tuple[tuple[str, int], ...] = ()  # (file, line) of rewrite_by_lua* directives
     globs: tuple[tuple[str, str], ...] = ()  # (file, pattern) of include directives with a wildcard
     prefix: str = ""  # where relative include patterns start (nginx's conf folder)
+    access_logs: tuple[tuple[str, str, str], ...] = ()  # (file, log path, format name) of access_log directives
+
+    def formats_of(self, log: Path) -> list[str]:
+        """The format names nginx writes `log` with, as "FORMAT (in FILE)"; "combined" when none is named."""
+        target = os.path.normpath(str(log))
+        return [f"{fmt} (in {file})" for file, path, fmt in self.access_logs if os.path.normpath(path) == target]
 
     def glob_reading(self, path: Path) -> list[str]:
         """Wildcard includes that pick up `path` (a file or a folder), as "file: include PATTERN"."""
@@ -88,12 +94,13 @@ class Dump:
 _FILE_LINE = re.compile(r"^# configuration file (.+):$")
 _LISTEN = re.compile(r"(?:^|[\s;{])listen\s+([^\s;]+)")
 _INCLUDE = re.compile(r"(?:^|[\s;{])include\s+([^\s;]+)")
+_ACCESS_LOG = re.compile(r"(?:^|[\s;{])access_log\s+([^;]+);")
 _LUA_REWRITE = re.compile(r"(?:^|[\s;{])rewrite_by_lua(?:_block|_file)?\s")
 
 
 def parse_dump(text: str, prefix: str = "") -> Dump:
     """The files, listen addresses and wildcard includes of `nginx -T` output."""
-    files, listens, rewrites, globs, current, number = [], [], [], [], "", 0
+    files, listens, rewrites, globs, logs, current, number = [], [], [], [], [], "", 0
     for line in text.splitlines():
         match = _FILE_LINE.match(line)
         if match:
@@ -106,10 +113,16 @@ def parse_dump(text: str, prefix: str = "") -> Dump:
             listens.extend((current, m.group(1)) for m in _LISTEN.finditer(code))
         if "rewrite_by_lua" in code and _LUA_REWRITE.search(code):
             rewrites.append((current, number))
+        if "access_log" in code:
+            for m in _ACCESS_LOG.finditer(code):
+                words = m.group(1).split()
+                if words and words[0] != "off":
+                    fmt = words[1] if len(words) > 1 and "=" not in words[1] else "combined"
+                    logs.append((current, words[0].strip("'\""), fmt.strip("'\"")))
         if "include" in code:
             globs.extend((current, m.group(1).strip("'\"")) for m in _INCLUDE.finditer(code) if any(
                 c in m.group(1) for c in "*?["))
-    return Dump(tuple(files), tuple(listens), tuple(rewrites), tuple(globs), prefix)
+    return Dump(tuple(files), tuple(listens), tuple(rewrites), tuple(globs), prefix, tuple(logs))
 
 
 def _option_values(args: list[str]) -> dict[str, str]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import bisect
 import errno
+import gzip
+import hashlib
 import math
 import os
 import stat
@@ -52,10 +54,63 @@ def parse_duration(text: str) -> float:
 
 @dataclass
 class Cursor:
-    """Where the watchdog stopped reading: the file's inode and the offset after the last whole line."""
+    """Where the watchdog stopped reading: the file's inode and the offset after the last whole line, which
+    log it was, and a fingerprint of the bytes before the offset (so a rotated copy is found by its content,
+    and a file rewritten in place is not taken for the one read before)."""
 
     inode: int
     offset: int
+    path: str = ""
+    tail: str = ""
+
+
+FINGERPRINT = 256  # bytes before the cursor's offset that identify the file it was read from
+ROTATED_CANDIDATES = 12  # newest files in the log's folder whose names start with its name
+
+
+def _fingerprint(f, offset: int) -> str:
+    start = max(0, offset - FINGERPRINT)
+    f.seek(start)
+    return hashlib.sha256(f.read(offset - start)).hexdigest() if offset else ""
+
+
+def _same_content(f, cursor: Cursor) -> bool:
+    if not cursor.tail:
+        return True  # a cursor from before fingerprints: trust the inode
+    try:
+        return _fingerprint(f, cursor.offset) == cursor.tail
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return False
+
+
+def _rest_of_old_file(path: Path, cursor: Cursor, exclude_inode: int | None):
+    """The rotated copy of the file the cursor was in: any name in the log's folder that starts with the log's
+    name (<log>.1, logrotate's dateext <log>-20261202, a .gz of either), found by inode or by the bytes
+    before the offset. An open file (the caller closes it) and its name, or (None, "")."""
+    try:
+        entries = [e for e in os.scandir(path.parent) if e.name.startswith(path.name) and e.name != path.name
+                   and e.is_file(follow_symlinks=False)]
+    except OSError:
+        return None, ""
+    entries.sort(key=lambda e: e.stat().st_mtime, reverse=True)
+    for entry in entries[:ROTATED_CANDIDATES]:
+        try:
+            if entry.name.endswith(".gz"):
+                f = gzip.open(entry.path, "rb")
+            else:
+                f = open_log(Path(entry.path))
+                ino = os.fstat(f.fileno()).st_ino
+                if ino == exclude_inode:
+                    f.close()
+                    continue
+                if ino == cursor.inode and (not cursor.tail or _same_content(f, cursor)):
+                    return f, entry.name
+        except OSError:
+            continue
+        if cursor.tail and _same_content(f, cursor):
+            return f, entry.name
+        f.close()
+    return None, ""
 
 
 @dataclass
@@ -120,9 +175,11 @@ class Window:
     def to_json(self) -> dict:
         return {v: {str(s): r for s, r in secs.items()} for v, secs in self.rows.items()}
 
-    def prune(self, oldest: float) -> None:
+    def prune(self, oldest: float, newest: float = math.inf) -> None:
+        """Drop the seconds outside [oldest, newest]: older than the window, or rows from the future a saved
+        window may hold from before lines stamped ahead were refused."""
         for secs in self.rows.values():
-            for s in [s for s in secs if s < int(oldest)]:
+            for s in [s for s in secs if s < int(oldest) or s > newest]:
                 del secs[s]
 
     def stats(self, oldest: float, newest: float) -> dict[str, VariantStats]:
@@ -134,8 +191,10 @@ class Window:
                     target.merge(row)
         return out
 
-    def add_text(self, text: str, variant_of_addr: dict[str, str], oldest: float) -> tuple[int, int]:
-        """Fold whole log lines into the window; returns (lines used, lines not understood)."""
+    def add_text(self, text: str, variant_of_addr: dict[str, str], oldest: float,
+                 newest: float = math.inf) -> tuple[int, int]:
+        """Fold whole log lines into the window; returns (lines used, lines not understood). A line stamped
+        after `newest` (now plus a small skew) is bad data: counted, never kept, so it cannot pile up."""
         used = bad = 0
         rows = self.rows
         edges = EDGES
@@ -155,6 +214,9 @@ class Window:
                 bad += 1  # "inf", "nan", negative: not a line nginx wrote
                 continue
             if ts < oldest:
+                continue
+            if ts > newest:
+                bad += 1
                 continue
             variant = VARIANT_OF_UPSTREAM.get(f[_UPSTREAM])
             if variant is None:  # weight mode: the pool; the answering server tells the variant
@@ -234,39 +296,40 @@ def _read_lines_from(f, start: int, on_text) -> int:
 def read_appended(path: Path, cursor: Cursor | None, on_text) -> tuple[Cursor, list[str]]:
     """Stream what was appended since `cursor` to on_text (chunks of whole lines); the new cursor, and notes.
 
-    Memory stays at one chunk whatever the log's size. Survives logrotate: after
-    rename-and-reopen the rest of the old file is read from `<path>.1` when it is still
-    there; after copytruncate the file is read from the top. FileNotFoundError when the
-    log is missing.
+    Memory stays at one chunk whatever the log's size. Survives logrotate in its usual forms: after a
+    rename (to `<log>.1`, a dated name, or compressed at once to a `.gz`) the rest of the old file is
+    read from wherever it went, found by inode or by the bytes before the cursor; after copytruncate
+    (even when the new file has grown past the old offset before this run) the copy's rest is read
+    and the log from the top. A cursor of another log (health.access_log changed) starts afresh.
+    FileNotFoundError when the log is missing.
     """
     notes: list[str] = []
     with open_log(path) as f:
         st = os.fstat(f.fileno())
+        if cursor is not None and cursor.path and cursor.path != str(path):
+            notes.append(f"health.access_log changed (was {cursor.path}): reading {path} afresh")
+            cursor = None
         if cursor is None:
             start = max(0, st.st_size - FIRST_READ_LIMIT)
             if start:
                 f.seek(start)
                 f.readline()  # skip to the next whole line
                 start = f.tell()
-        elif cursor.inode != st.st_ino:
-            rotated = Path(f"{path}.1")
-            try:
-                with open_log(rotated) as old:
-                    if os.fstat(old.fileno()).st_ino == cursor.inode:
-                        _read_lines_from(old, cursor.offset, on_text)
-                        notes.append(f"log rotated: read the rest of {rotated.name}")
-                    else:
-                        notes.append("log rotated; the rest of the old file was not found")
-            except OSError:
-                notes.append("log rotated; the rest of the old file was not found")
-            start = 0
-        elif st.st_size < cursor.offset:
-            notes.append("log truncated (copytruncate): reading from the top")
-            start = 0
-        else:
+        elif cursor.inode == st.st_ino and st.st_size >= cursor.offset and _same_content(f, cursor):
             start = cursor.offset
+        else:
+            moved = cursor.inode != st.st_ino
+            old, name = _rest_of_old_file(path, cursor, None if moved else st.st_ino)
+            if old is not None:
+                with old:
+                    _read_lines_from(old, cursor.offset, on_text)
+                notes.append(f"log {'rotated' if moved else 'truncated (copytruncate)'}: read the rest of {name}")
+            else:
+                notes.append("log rotated; the rest of the old file was not found" if moved else
+                             "log truncated (copytruncate) and its copy not found: reading from the top")
+            start = 0
         offset = _read_lines_from(f, start, on_text)
-        return Cursor(inode=st.st_ino, offset=offset), notes
+        return Cursor(inode=st.st_ino, offset=offset, path=str(path), tail=_fingerprint(f, offset)), notes
 
 
 def read_window(path: Path, seconds: float, now: float, variant_of_addr: dict[str, str]) -> Window:
@@ -284,7 +347,7 @@ def read_window(path: Path, seconds: float, now: float, variant_of_addr: dict[st
             cut = data.find(b"\n") if start > 0 else -1
             tail, body = (data[: cut + 1], data[cut + 1:]) if cut >= 0 else (b"", data)
             text = body.decode("utf-8", errors="replace")
-            window.add_text(text, variant_of_addr, oldest)
+            window.add_text(text, variant_of_addr, oldest, now + 5)
             first = text.split("\t", 1)[0]
             try:
                 if float(first) < oldest:

@@ -8,12 +8,14 @@ the watchdog's incremental read from a saved cursor).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from ..config import HealthSettings, Settings, Thresholds
 from ..errors import ConfigError, EnvironmentProblem
 from . import endpoint, judge
 from .logsource import Cursor, VariantStats, Window, read_appended, read_window, variant_of_addr
+
+FUTURE_SKEW = 5.0  # seconds a log line may be stamped ahead of this clock (nginx on another clock, rounding)
 
 
 def endpoint_check(health: HealthSettings, thresholds: Thresholds, probe=endpoint.probe,
@@ -63,25 +65,52 @@ class LogProgress:
 def incremental_log_check(settings: Settings, health: HealthSettings, thresholds: Thresholds,
                           progress: LogProgress, now: float) -> tuple[judge.Check, LogProgress]:
     """Read what nginx appended since `progress` into the window; judge the window."""
-    cursor = Cursor(**progress.cursor) if progress.cursor else None
+    known = {"inode", "offset", "path", "tail"}
+    cursor = Cursor(**{k: v for k, v in progress.cursor.items() if k in known}) if progress.cursor else None
     window = Window(progress.window)
-    oldest = now - thresholds.window
+    oldest, newest = now - thresholds.window, now + FUTURE_SKEW
     addrs = variant_of_addr(settings.v1, settings.v2)
+    counted = [0, 0]  # lines used, lines skipped
+
+    def fold(text: str) -> None:
+        used, bad = window.add_text(text, addrs, oldest, newest)
+        counted[0] += used
+        counted[1] += bad
+
     try:
-        cursor, notes = read_appended(health.access_log, cursor, lambda text: window.add_text(text, addrs, oldest))
+        cursor, notes = read_appended(health.access_log, cursor, fold)
     except FileNotFoundError:
         return judge.evaluate_log(VariantStats(), VariantStats(), thresholds, health,
                                   f"{health.access_log} is missing"), progress
     except OSError as e:
         return judge.evaluate_log(VariantStats(), VariantStats(), thresholds, health,
                                   f"cannot read {health.access_log}: {e.strerror}"), progress
-    window.prune(oldest)
+    window.prune(oldest, newest)
     stats = window.stats(oldest, now)
-    check = judge.evaluate_log(stats["v1"], stats["v2"], thresholds, health)
+    used, bad = counted
+    problem = None
+    if bad:
+        notes = [*notes, f"{bad} of {used + bad} new lines skipped: not in lbsplit's log format, or stamped more than "
+                         f"{FUTURE_SKEW:g}s in the future"]
+        if not used and stats["v2"].requests == 0 and stats["v1"].requests == 0:
+            problem = format_problem(settings, health.access_log, bad)
+    check = judge.evaluate_log(stats["v1"], stats["v2"], thresholds, health, problem)
     if notes:
         check = judge.Check(check.outcome, check.readings, check.missing, check.metrics, check.policy,
                             check.notes + tuple(notes))
-    return check, LogProgress({"inode": cursor.inode, "offset": cursor.offset}, window.to_json())
+    return check, LogProgress(asdict(cursor), window.to_json())
+
+
+def format_problem(settings: Settings, log, bad: int) -> str:
+    """Why no line of the log could be read, in one line: the format nginx writes it with (from nginx -T)."""
+    from ..nginx.process import Nginx  # noqa: PLC0415
+
+    dump = Nginx(settings.nginx).dump()
+    formats = [f for f in (dump.formats_of(log) if dump else []) if not f.startswith("lbsplit ")]
+    where = f"nginx writes it with format {', '.join(formats[:3])}" if formats else \
+        "is `access_log ... lbsplit;` the line nginx writes it with?"
+    return (f"no line of {log} is in lbsplit's log format ({bad} lines skipped); {where}: the watchdog reads only "
+            f"`access_log {log} lbsplit;` (the format lbsplit.conf defines)")
 
 
 def report(settings: Settings, seconds: float, clock=time.time) -> dict:
