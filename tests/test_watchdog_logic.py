@@ -237,3 +237,32 @@ def test_hanging_webhooks_never_delay_the_next_check_and_a_send_waits_one_timeou
         release.set()
         notify.drain(5)
     assert all(line.startswith("notify ") for line in notify.drain(1))
+
+
+def test_a_slow_on_alert_hook_never_delays_the_next_check(tmp_path):
+    """The on_alert hook blocks until the test lets it go: both checks run meanwhile, and the history records
+    the hook once it ends."""
+    import json
+    import sys
+
+    from lbsplit.config import load
+
+    started, go = tmp_path / "started", tmp_path / "go"
+    script = ("import os, sys, time\nopen(sys.argv[1], 'a').write('x')\n"
+              "while not os.path.exists(sys.argv[2]):\n    time.sleep(0.02)\n")
+    wd, store = runner(tmp_path, [(None, "HTTP 500"), (None, "HTTP 500")])
+    config = tmp_path / "lbsplit.toml"
+    config.write_text(config.read_text() + "[hooks]\ntimeout = 30\non_alert = "
+                      + json.dumps([sys.executable, "-c", script, str(started), str(go)]) + "\n")
+    wd.settings = load(config)
+    try:
+        assert wd.check_once().kind == "fail"
+        assert wd.check_once().kind == "fail"  # the first alert's hook still waits for `go`
+        assert not go.exists() and load_state(store.watchdog_path).consecutive_failures == 2
+    finally:
+        go.touch()
+        for thread in wd._hooks_running:
+            thread.join(30)
+    assert started.read_text().startswith("x")
+    hooks = [e for e in store.read_history() if e["command"] == "hook on_alert"]
+    assert hooks and hooks[0]["result"] == "ok"

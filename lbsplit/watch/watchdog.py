@@ -62,6 +62,7 @@ class Watchdog:
         self.notify = notify
         self.echo = echo
         self.chatty = chatty  # a person at a terminal: say why a run does nothing
+        self._hooks_running: list = []  # on_alert hooks started in the background of this run
         self.store = StateStore(settings.state_dir)
         self.state_path = self.store.watchdog_path
         self.state_of = state_of or self.store.read_state_or_none  # fleet mode: the fleet's desired state
@@ -145,6 +146,19 @@ class Watchdog:
         self._save(wd)
         return result
 
+    def _in_background(self, job) -> None:
+        """Run an alert's hook beside the check loop: a slow hook never delays the next check."""
+        import threading  # noqa: PLC0415
+
+        def work():
+            result = job()
+            if result is not None and not result.ok:
+                self._log(result.describe())
+
+        thread = threading.Thread(target=work, name="lbsplit-on-alert", daemon=True)
+        thread.start()
+        self._hooks_running.append(thread)
+
     def _save(self, wd: WatchdogState) -> None:
         try:
             save_state(self.state_path, wd)
@@ -205,10 +219,8 @@ class Watchdog:
                                        "metrics": check.metrics, "consecutive_failures": verdict.consecutive,
                                        "levels": [str(level) for level in levels]},
                              levels[0] if levels else Level.P1, message)
-                hook = hooks.run(self.settings, "on_alert", {"stage": stage.percent, "generation": state.generation,
-                                                             "reason": detail})
-                if hook is not None and not hook.ok:
-                    self._log(hook.describe())
+                self._in_background(lambda: hooks.run(self.settings, "on_alert", {
+                    "stage": stage.percent, "generation": state.generation, "reason": detail}))
         self._save(wd)
         self._write_prometheus(wd, thresholds)
         return result
@@ -311,8 +323,8 @@ class Watchdog:
             if self.chatty:
                 self.echo(f"another watchdog is running ({guard.holder()}); leaving it to that one")
             return ExitCode.OK
+        start = self.monotonic()
         try:
-            start = self.monotonic()
             checks = 0
             while True:
                 if self.leading is not None and not self.leading():
@@ -345,3 +357,11 @@ class Watchdog:
             budget = self.settings.notify.timeout + 0.5 if self.settings.notify is not None else 0.0
             for error in notify.drain(budget):
                 self._log(error)
+            # Alert hooks still running get what is left of this cron minute (their own timeout bounds them too).
+            left = max(0.0, CRON_PERIOD - 5 - (self.monotonic() - start)) if mode == "cron" else \
+                self.settings.hooks.timeout
+            for thread in self._hooks_running:
+                thread.join(max(0.0, min(left, self.settings.hooks.timeout)))
+                if thread.is_alive():
+                    self._log("hook on_alert still running at the end of this run; left to finish on its own")
+            self._hooks_running = []
