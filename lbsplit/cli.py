@@ -283,6 +283,27 @@ def render(obj: Context, percent: str, whitelist_file: bool) -> None:
     run(go)
 
 
+SNIPPETS = {"proxy": "lbsplit-proxy.conf", "site": "example-site.conf"}
+
+
+@main.command()
+@click.argument("name", type=click.Choice(sorted(SNIPPETS)))
+@click.option("--path", "show_path", is_flag=True, help="Print where the file is installed instead of its text.")
+def snippet(name: str, show_path: bool) -> None:
+    """Print an nginx snippet that ships with lbsplit; needs no config.
+
+    proxy: the lines for the location that proxies to $lbsplit_upstream (HTTP/1.1 for keep-alive, the
+    client's Host); site: an example server block. Example: lbsplit snippet proxy > /etc/nginx/lbsplit-proxy.conf
+    """
+    from . import resources  # noqa: PLC0415
+
+    def go():
+        path = resources.snippets_dir() / SNIPPETS[name]
+        click.echo(str(path) if show_path else path.read_text(encoding="utf-8"), nl=show_path)
+
+    run(go)
+
+
 @main.command()
 @json_option
 @click.option("--local", "local", is_flag=True, help="With [fleet]: this host only, without etcd.")

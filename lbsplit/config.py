@@ -30,6 +30,7 @@ from .model import (
     Runtime,
     RATE_METRICS,
     Mode,
+    Pooling,
     NoData,
     OnBreach,
     Server,
@@ -252,6 +253,7 @@ class Settings:
     hooks: "HooksSettings" = field(default_factory=lambda: HooksSettings())
     fleet: FleetSettings | None = None
     fleet_error: ConfigError | None = field(default=None, compare=False)
+    pooling: Pooling = field(default_factory=Pooling)
 
     def require_fleet(self) -> FleetSettings | None:
         """The [fleet] settings (None: a single host), or the error in them."""
@@ -324,7 +326,7 @@ SCHEMA: dict[str, object] = {
         "pid_file": str,
         "runtime": str,
     },
-    "upstreams": {"v1": list, "v2": list},
+    "upstreams": {"v1": list, "v2": list, "keepalive": int, "keepalive_timeout": str, "method": str},
     "split": {
         "mode": str,
         "key": str,
@@ -516,6 +518,8 @@ def load(path: Path, for_revert: bool = False) -> Settings:
     lock_timeout = _seconds(data.get("lock_timeout", 30), "lock_timeout", 0, 3600, zero_ok=True)
     state_dir = _path(base, data.get("state_dir", "/var/lib/lbsplit"))
     v1 = _servers(upstreams["v1"], "upstreams.v1")
+    pooling_errors: list[ConfigError] = []  # a revert proceeds without them (nginx's defaults)
+    pooling = _defer(pooling_errors, "upstreams", lambda: _pooling(upstreams), for_revert, Pooling())
 
     split_errors = broken.get("split", []) + broken.get("upstreams", [])
     v2, split = None, None
@@ -547,9 +551,11 @@ def load(path: Path, for_revert: bool = False) -> Settings:
             fleet = _fleet(base, data["fleet"])
         except ConfigError as e:
             fleet_error = e
+    other_errors += pooling_errors
     warnings = tuple(dict.fromkeys(str(e) for e in split_errors + health_errors + other_errors))
     return Settings(
         fleet=fleet,
+        pooling=pooling,
         fleet_error=fleet_error,
         path=path,
         stages=stages,
@@ -577,6 +583,32 @@ def _duration(value: object, field_name: str) -> float:
     if not match:
         raise ConfigError(f"{field_name}: {value!r} is not a duration; write e.g. 48h, 30m or 2d")
     return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+_METHODS = ("", "least_conn", "random", "random two", "random two least_conn")
+_NGINX_TIME = re.compile(r"[0-9]{1,6}(ms|s|m|h)?")
+
+
+def _pooling(table: dict) -> Pooling:
+    """upstreams.keepalive, keepalive_timeout and method: how nginx talks to v1 and v2."""
+    keepalive = table.get("keepalive", 0)
+    if isinstance(keepalive, bool) or not isinstance(keepalive, int) or not 0 <= keepalive <= 10_000:
+        raise ConfigError("upstreams.keepalive: give a whole number of idle connections per worker from 0 (off) "
+                          "to 10000, e.g. 32")
+    timeout = table.get("keepalive_timeout")
+    if timeout is not None and (not isinstance(timeout, str) or not _NGINX_TIME.fullmatch(timeout)):
+        raise ConfigError('upstreams.keepalive_timeout: write an nginx time such as "60s" or "1m"')
+    method = table.get("method", "")
+    words = method.split(" ") if isinstance(method, str) else []
+    if not isinstance(method, str) or (method not in _METHODS and not (
+            words[0] == "hash" and len(words) in (2, 3) and (len(words) == 2 or words[2] == "consistent"))):
+        raise ConfigError(f"upstreams.method: {method!r} is not one of \"\" (round robin), \"least_conn\", "
+                          "\"random\", \"random two least_conn\" or \"hash $variable [consistent]\"")
+    if words and words[0] == "hash":
+        check_variable(words[1], "upstreams.method")
+    if keepalive == 0 and timeout is not None:
+        raise ConfigError("upstreams.keepalive_timeout: set only with upstreams.keepalive above 0")
+    return Pooling(keepalive, timeout, method)
 
 
 def _plan(table: dict) -> PlanSettings:

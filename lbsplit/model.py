@@ -182,6 +182,15 @@ def parse_percent(text: str, field: str = "percent") -> int:
 
 
 @dataclass(frozen=True)
+class Pooling:
+    """How nginx talks to each upstream: idle keep-alive connections per worker, and the balancing method."""
+
+    keepalive: int = 0  # idle connections per worker to each upstream; 0: nginx's default (none)
+    keepalive_timeout: str | None = None  # nginx time syntax ("60s"); None: nginx's default
+    method: str = ""  # "" round robin, "least_conn", "random", "random two least_conn", "hash $var [consistent]"
+
+
+@dataclass(frozen=True)
 class Server:
     """One `server` line of an upstream: an address plus validated nginx parameters."""
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .. import resources
 from ..errors import StructureError
-from ..model import DEFAULT_RUNTIME, FULL, Mode, Runtime, Server, Stage
+from ..model import DEFAULT_RUNTIME, FULL, Mode, Pooling, Runtime, Server, Stage
 
 ENTRY_FILE = "lbsplit.conf"
 STATUS_PATH = "/lbsplit/status"
@@ -83,6 +83,7 @@ class RenderInput:
     percent_text: str | None = None  # written where the percentage goes, instead of stage.percent
     runtime: Runtime = DEFAULT_RUNTIME
     token_digest: str = "-"  # lua runtime: base64 SHA-1 of the control token (the token stays in state_dir)
+    pooling: Pooling = Pooling()  # keepalive and the balancing method of each upstream
 
 
 @functools.cache
@@ -282,6 +283,9 @@ def header_generation(text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+# What an upstream block may hold: its servers, and the [upstreams] pooling options (one balancing method).
+UPSTREAM_DIRECTIVES = {"server", "keepalive", "keepalive_timeout", "least_conn", "random", "hash"}
+
 _SIZING = re.compile(r"^map_hash_bucket_size (\d+);\nmap_hash_max_size (\d+);$", re.MULTILINE)
 _PREAMBLE_END = "# Include it once at http level; proxy with: proxy_pass http://$lbsplit_upstream;\n"
 
@@ -343,6 +347,9 @@ def render(inp: RenderInput) -> str:
         mode=str(inp.mode),
         key=inp.key,
         fallback_key=inp.fallback_key,
+        keepalive=inp.pooling.keepalive,
+        keepalive_timeout=inp.pooling.keepalive_timeout,
+        method=inp.pooling.method,
         v1_lines=[s.line() for s in inp.v1],
         v2_lines=[s.line() for s in inp.v2] if on else [],  # named at every stage: v1's servers when off
         pool_lines=pool_lines,
@@ -472,8 +479,9 @@ def check_structure(text: str, whitelist_size: int, include: bool = False) -> No
         )
     for d in parsed:
         if d["directive"] == "upstream":
-            if any(s["directive"] != "server" for s in d.get("block", [])):
-                raise StructureError(f"upstream {d['args']} contains something other than server lines")
+            if any(s["directive"] not in UPSTREAM_DIRECTIVES for s in d.get("block", [])):
+                raise StructureError(f"upstream {d['args']} contains something other than server lines and "
+                                     "upstreams.keepalive/keepalive_timeout/method")
         if d["directive"] == "server":
             inner = {s["directive"] for s in d.get("block", [])}
             if not inner <= {"listen", "access_log", "location"}:

@@ -50,6 +50,7 @@ class Dump:
     globs: tuple[tuple[str, str], ...] = ()  # (file, pattern) of include directives with a wildcard
     prefix: str = ""  # where relative include patterns start (nginx's conf folder)
     access_logs: tuple[tuple[str, str, str], ...] = ()  # (file, log path, format name) of access_log directives
+    http11: bool = False  # some proxy_http_version 1.1 (what upstream keepalive needs) is in the config
 
     def formats_of(self, log: Path) -> list[str]:
         """The format names nginx writes `log` with, as "FORMAT (in FILE)"; "combined" when none is named."""
@@ -94,6 +95,7 @@ class Dump:
 _FILE_LINE = re.compile(r"^# configuration file (.+):$")
 _LISTEN = re.compile(r"(?:^|[\s;{])listen\s+([^\s;]+)")
 _INCLUDE = re.compile(r"(?:^|[\s;{])include\s+([^\s;]+)")
+_HTTP11 = re.compile(r"(?:^|[\s;{])proxy_http_version\s+1\.1\s*;")
 _ACCESS_LOG = re.compile(r"(?:^|[\s;{])access_log\s+([^;]+);")
 _LUA_REWRITE = re.compile(r"(?:^|[\s;{])rewrite_by_lua(?:_block|_file)?\s")
 
@@ -101,6 +103,7 @@ _LUA_REWRITE = re.compile(r"(?:^|[\s;{])rewrite_by_lua(?:_block|_file)?\s")
 def parse_dump(text: str, prefix: str = "") -> Dump:
     """The files, listen addresses and wildcard includes of `nginx -T` output."""
     files, listens, rewrites, globs, logs, current, number = [], [], [], [], [], "", 0
+    http11 = False
     for line in text.splitlines():
         match = _FILE_LINE.match(line)
         if match:
@@ -119,10 +122,12 @@ def parse_dump(text: str, prefix: str = "") -> Dump:
                 if words and words[0] != "off":
                     fmt = words[1] if len(words) > 1 and "=" not in words[1] else "combined"
                     logs.append((current, words[0].strip("'\""), fmt.strip("'\"")))
+        if "proxy_http_version" in code and _HTTP11.search(code):
+            http11 = True
         if "include" in code:
             globs.extend((current, m.group(1).strip("'\"")) for m in _INCLUDE.finditer(code) if any(
                 c in m.group(1) for c in "*?["))
-    return Dump(tuple(files), tuple(listens), tuple(rewrites), tuple(globs), prefix, tuple(logs))
+    return Dump(tuple(files), tuple(listens), tuple(rewrites), tuple(globs), prefix, tuple(logs), http11)
 
 
 def _option_values(args: list[str]) -> dict[str, str]:

@@ -183,6 +183,7 @@ def plan(settings: Settings, stage: Stage, use_cache: bool = True, remember: boo
         runtime=settings.nginx.runtime,
         token_digest=store.token_digest(create=remember) if settings.nginx.runtime == Runtime.LUA else "-",
         include_file=resolved.file if resolved else None,
+        pooling=settings.pooling,
     )
     if stage.v2_enabled and stage.hundredths not in (0, FULL) and mode == Mode.HASH:
         fallback_problem = fallback_warning(fallback)

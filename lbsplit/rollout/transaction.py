@@ -661,7 +661,8 @@ class Transaction:
 
     def layout_key(self) -> str:
         """What one `nginx -T` check vouches for: this config file, this lbsplit.conf, this status address."""
-        return f"{self.settings.nginx.conf}|{self.live}|{self.settings.nginx.status_listen}"
+        return f"{self.settings.nginx.conf}|{self.live}|{self.settings.nginx.status_listen}" + (
+            "|keepalive" if self.settings.pooling.keepalive else "")  # then also: is HTTP/1.1 to upstreams set?
 
     def _check_layout(self, state: State | None, messages: list[str]) -> str | None:
         """Once per layout: nginx includes lbsplit.conf, and no other server listens on status_listen."""
@@ -684,6 +685,11 @@ class Transaction:
                 "give lbsplit an output_dir of its own that no wildcard include reads (e.g. /etc/nginx/lbsplit) "
                 "and include its lbsplit.conf by name; nothing was changed")
         self._refuse_status_clash(dump)
+        if self.settings.pooling.keepalive and not dump.http11:
+            messages.append(
+                f"WARNING: upstreams.keepalive = {self.settings.pooling.keepalive}, but no location of your nginx config "
+                "sets `proxy_http_version 1.1;` (and `proxy_set_header Connection \"\";`): nginx then opens a new "
+                "connection per request anyway; include lbsplit-proxy.conf in the location (`lbsplit snippet proxy`)")
         if self.settings.nginx.runtime == Runtime.LUA:
             for where in dump.own_lua_rewrites(self.live)[:5]:
                 messages.append(
