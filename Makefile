@@ -4,15 +4,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench install nginx lua etcd wrk clean
+.PHONY: demo test test-slow bench install nginx lua etcd prometheus wrk clean
 
 demo: install
 	$(PY) -m lbsplit.demo
 
-test: install lua etcd
+test: install lua etcd prometheus
 	$(PY) -m pytest -q
 
-test-slow: install lua etcd
+test-slow: install lua etcd prometheus
 	$(PY) -m pytest -q -m slow
 
 bench: install wrk
@@ -40,6 +40,10 @@ etcd:
 	@command -v etcd >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PACKAGES=etcd-server
 	@command -v openssl >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PACKAGES=openssl  # the TLS etcd test's certificates
 	@command -v faketime >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PACKAGES=faketime  # the skewed-clock operator
+
+# Debian's Prometheus, for the tests of the prometheus health source (they start their own on loopback).
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PACKAGES=prometheus
 
 wrk:
 	@command -v wrk >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PACKAGES=wrk

@@ -122,6 +122,20 @@ class CustomMetric:
 
 
 @dataclass(frozen=True)
+class PrometheusSettings:
+    """[health.prometheus]: where the Prometheus HTTP API is, how to authenticate, a PromQL query per metric."""
+
+    url: str
+    timeout: float = 5.0
+    bearer_token_file: Path | None = None
+    basic_auth_user: str | None = None
+    basic_auth_password_file: Path | None = None
+    ca_file: Path | None = None
+    queries: tuple[tuple[str, str], ...] = ()  # metric (built-in or custom) -> PromQL for v2
+    baseline: tuple[tuple[str, str], ...] = ()  # metric -> PromQL for v1, for the v2-against-v1 judgement
+
+
+@dataclass(frozen=True)
 class HealthSettings:
     url: str
     timeout: float
@@ -145,6 +159,11 @@ class HealthSettings:
     scales: tuple[tuple[str, float], ...] = ()  # metric -> multiplier of the raw value
     custom: tuple[CustomMetric, ...] = ()
     revert_levels: tuple[Level, ...] = (Level.P1,)
+    prometheus: PrometheusSettings | None = None
+
+    @property
+    def uses_prometheus(self) -> bool:
+        return self.source == Source.PROMETHEUS
 
     @property
     def uses_endpoint(self) -> bool:
@@ -292,7 +311,7 @@ SCHEMA: dict[str, object] = {
         "scale": {m: (int, float) for m in METRICS},
         "levels": {m: str for m in METRICS},
         "revert_levels": list,
-        "metrics": [{"name": str, "path": str, "level": str, "scale": (int, float), "max": (int, float),
+        "metrics": [{"name": str, "path": str, "query": str, "level": str, "scale": (int, float), "max": (int, float),
                      "min": (int, float), "stages": dict}],
         "no_data": str,
         "failures_before_revert": int,
@@ -306,6 +325,8 @@ SCHEMA: dict[str, object] = {
         "baseline_error_margin": (int, float),
         "baseline_latency_factor": (int, float),
         "confidence": (int, float),
+        "prometheus": {"url": str, "timeout": (int, float), "bearer_token_file": str, "basic_auth_user": str,
+                       "basic_auth_password_file": str, "ca_file": str, "queries": dict, "baseline": dict},
     },
     "notify": {"webhook": str, "timeout": (int, float), "format": str, "min_level": str,
                "webhooks": [{"url": str, "format": str, "min_level": str}]},
@@ -776,9 +797,11 @@ def _thresholds(rows: list) -> tuple[Thresholds, ...]:
 def _health(base: Path, table: dict, state_dir: Path) -> HealthSettings:
     default_source = Source.ENDPOINT if "url" in table or "access_log" not in table else Source.NGINX_LOG
     source = _choice(table.get("source", default_source), Source, "health.source")
-    if source != Source.ENDPOINT and "access_log" not in table:
+    if source in (Source.NGINX_LOG, Source.BOTH) and "access_log" not in table:
         raise ConfigError("health.access_log: missing; give the log written with `access_log PATH lbsplit;` in nginx")
-    if source != Source.NGINX_LOG and "url" not in table:
+    if source == Source.PROMETHEUS and "prometheus" not in table:
+        raise ConfigError("health.prometheus: missing; give [health.prometheus] with url and [health.prometheus.queries]")
+    if source in (Source.ENDPOINT, Source.BOTH) and "url" not in table:
         raise ConfigError("health.url: missing; give v2's health endpoint, e.g. url = \"http://10.0.1.1:5000/api/v2/monitoring/health\"")
     min_requests = table.get("min_requests", 50)
     if not 1 <= min_requests <= 10_000_000:
@@ -831,7 +854,52 @@ def _health(base: Path, table: dict, state_dir: Path) -> HealthSettings:
         scales=tuple((m, _positive_scale(v, f"health.scale.{m}")) for m, v in sorted(table.get("scale", {}).items())),
         custom=_custom_metrics(table.get("metrics", [])),
         revert_levels=_revert_levels(table.get("revert_levels", ["P1"])),
+        prometheus=_prometheus(base, table["prometheus"], table.get("metrics", []))
+        if source == Source.PROMETHEUS else None,
     )
+
+
+_PROMQL_MAX = 4000
+
+
+def _prometheus(base: Path, table: dict, custom_rows: list) -> PrometheusSettings:
+    url = _http_url(table.get("url", ""), "health.prometheus.url").rstrip("/")
+    timeout = table.get("timeout", 5)
+    if isinstance(timeout, bool) or not 0 < float(timeout) <= 60:
+        raise ConfigError("health.prometheus.timeout: give seconds between 0 and 60")
+    queries = {}
+    for metric, query in table.get("queries", {}).items():
+        if metric not in METRICS:
+            raise ConfigError(f"health.prometheus.queries.{metric}: not a built-in metric ({', '.join(METRICS)}); "
+                              "give a custom metric its query in its [[health.metrics]] entry")
+        queries[metric] = _promql(query, f"health.prometheus.queries.{metric}")
+    for i, row in enumerate(custom_rows):
+        if "query" in row:
+            queries[row["name"]] = _promql(row["query"], f"health.metrics[{i}].query")
+    if not queries:
+        raise ConfigError("health.prometheus.queries: give at least one PromQL query, e.g. "
+                          "error_rate = 'sum(rate(http_requests_total{version=\"v2\",code=~\"5..\"}[{window}])) / "
+                          "sum(rate(http_requests_total{version=\"v2\"}[{window}]))'")
+    baseline = {}
+    for metric, query in table.get("baseline", {}).items():
+        if metric not in ("error_rate", "timeout_rate", "avg_response_time"):
+            raise ConfigError(f"health.prometheus.baseline.{metric}: only error_rate, timeout_rate and "
+                              "avg_response_time are compared with v1")
+        baseline[metric] = _promql(query, f"health.prometheus.baseline.{metric}")
+    user = table.get("basic_auth_user")
+    password = _path(base, table.get("basic_auth_password_file"))
+    if (user is None) != (password is None):
+        raise ConfigError("health.prometheus.basic_auth_user: give it together with basic_auth_password_file")
+    return PrometheusSettings(url, float(timeout), _path(base, table.get("bearer_token_file")), user, password,
+                              _path(base, table.get("ca_file")), tuple(sorted(queries.items())),
+                              tuple(sorted(baseline.items())))
+
+
+def _promql(query: object, field_name: str) -> str:
+    if not isinstance(query, str) or not query.strip() or len(query) > _PROMQL_MAX or any(
+            ord(c) < 32 and c not in "\t\n" for c in query):
+        raise ConfigError(f"{field_name}: give one PromQL expression (at most {_PROMQL_MAX} characters)")
+    return query.strip()
 
 
 def _positive_scale(value: object, field_name: str) -> float:

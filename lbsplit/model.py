@@ -64,6 +64,7 @@ class Source(StrEnum):
     ENDPOINT = "endpoint"
     NGINX_LOG = "nginx_log"
     BOTH = "both"
+    PROMETHEUS = "prometheus"  # PromQL queries against a Prometheus server
 
 
 class Level(StrEnum):

@@ -48,6 +48,11 @@ def auth_headers(headers: tuple[tuple[str, str], ...], token_file: Path | None, 
     return out
 
 
+def bounded(fn, timeout: float, waiting_for: str = ""):
+    """Run fn within `timeout` seconds in all; TimeoutError otherwise (see _bounded)."""
+    return _bounded(fn, timeout, waiting_for)
+
+
 def _bounded(fn, timeout: float, waiting_for: str = ""):
     """Run fn in a thread and give up after `timeout` seconds in all (a slow drip cannot hold us).
 

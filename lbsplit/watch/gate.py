@@ -81,7 +81,7 @@ def health_items(settings: Settings, target: Stage, probe=None, clock=time.time,
         # nothing was checked: a warning, never an ok
         items.append(Item("access log", False, "v2 gets no traffic yet, so the access log cannot judge it",
                           blocking=False))
-    if health.uses_endpoint or use_log:
+    if health.uses_endpoint or health.uses_prometheus or use_log:
         from . import endpoint, sources  # noqa: PLC0415
 
         check = sources.check_now(settings, health, thresholds, probe or endpoint.probe, clock, use_log=use_log,

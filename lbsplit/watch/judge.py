@@ -16,6 +16,7 @@ from ..model import DEFAULT_LEVELS, METRICS, RATE_METRICS, Bound, Level, NoData,
 CRON_PERIOD = 60.0
 ENDPOINT = "endpoint"
 LOG = "log"
+PROMETHEUS = "prometheus"
 THRESHOLD = "threshold"
 BASELINE = "v1"  # compared with v1 in the same window
 
@@ -35,7 +36,7 @@ class Reading:
     evidence: str = ""  # from counted requests: the interval or test behind the verdict, and its p-value
 
     def text(self) -> str:
-        where = "log: v2 " if self.source == LOG else ""
+        where = {LOG: "log: v2 ", PROMETHEUS: "prometheus: v2 "}.get(self.source, "")
         beyond = self.value > self.limit if self.bound == Bound.MAX else self.value < self.limit
         if self.bound == Bound.MAX:
             relation = ">" if beyond else "<="
@@ -134,6 +135,11 @@ def _outcome(breaches: bool, missing: bool, policy: NoData, inconclusive: bool =
     return Outcome.NO_DATA if missing else Outcome.PASS
 
 
+def regrade(readings, missing, policy: NoData) -> Outcome:
+    """The outcome of readings and missing data put together (a source that adds readings of its own)."""
+    return _graded(list(readings), list(missing), policy)
+
+
 def _graded(readings: list, missing: list, policy: NoData, inconclusive: bool = False) -> Outcome:
     """P1 breaches (and P1 data missing under no_data = fail) fail; P2 only alert; P3 only inform."""
     failing = policy == NoData.FAIL
@@ -158,38 +164,42 @@ def _scaled(value: object, scale: float) -> object:
 
 def evaluate(payload: object, error: str | None, thresholds: Thresholds, fields: dict[str, str],
              no_data: NoData, levels: dict[str, Level] | None = None, custom: tuple[CustomMetric, ...] = (),
-             scales: dict[str, float] | None = None, hundredths: int = 0) -> Check:
+             scales: dict[str, float] | None = None, hundredths: int = 0, source: str = ENDPOINT,
+             whys: dict[str, str] | None = None, builtins: tuple[str, ...] = METRICS) -> Check:
     """Judge one answer of the health endpoint (`error`: why there is none) against the stage's rules.
 
     The four built-in metrics against the stage's thresholds, at their levels; custom metrics
-    against their bounds for the stage (`hundredths`).
+    against their bounds for the stage (`hundredths`). Other sources of one number per metric
+    (Prometheus) pass their numbers as `payload`, `source` to name them, and `whys` for the
+    metrics they could not get, and `builtins` for the built-in metrics they measure at all.
     """
+    whys = whys or {}
     levels = {**DEFAULT_LEVELS, **(levels or {})}
     scales = scales or {}
     names = [*METRICS, *(c.name for c in custom)]
     if error is not None:
-        missing = [Missing(ENDPOINT, error)]
+        missing = [Missing(source, error)]
         return Check(_graded([], missing, no_data), (), tuple(missing), {m: None for m in names}, no_data)
     raw = extract(payload, {**fields, **{c.name: c.path for c in custom}})
     metrics: dict[str, float | None] = {}
     readings, missing = [], []
-    for metric in METRICS:
+    for metric in builtins:
         value, why = usable(metric, _scaled(raw.get(metric), scales.get(metric, 1.0)))
         metrics[metric] = value
         if value is None:
-            missing.append(Missing(ENDPOINT, why or "missing", metric, levels[metric]))
+            missing.append(Missing(source, whys.get(metric) or why or "missing", metric, levels[metric]))
             continue
         limit = thresholds.limit(metric)
-        readings.append(Reading(metric, value, limit, ENDPOINT, ok=value <= limit, level=levels[metric]))
+        readings.append(Reading(metric, value, limit, source, ok=value <= limit, level=levels[metric]))
     for rule in custom:
         value, why = usable(None, _scaled(raw.get(rule.name), rule.scale))
         metrics[rule.name] = value
         if value is None:
-            missing.append(Missing(ENDPOINT, why or "missing", rule.name, rule.level))
+            missing.append(Missing(source, whys.get(rule.name) or why or "missing", rule.name, rule.level))
             continue
         for bound, limit in rule.limits_for(hundredths):
             ok = value <= limit if bound == Bound.MAX else value >= limit
-            readings.append(Reading(rule.name, value, limit, ENDPOINT, ok=ok, level=rule.level, bound=bound))
+            readings.append(Reading(rule.name, value, limit, source, ok=ok, level=rule.level, bound=bound))
     return Check(_graded(readings, missing, no_data), tuple(readings), tuple(missing), metrics, no_data)
 
 

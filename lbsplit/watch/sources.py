@@ -49,6 +49,10 @@ def check_now(settings: Settings, health: HealthSettings, thresholds: Thresholds
     checks = []
     if health.uses_endpoint:
         checks.append(endpoint_check(health, thresholds, probe, hundredths))
+    if health.uses_prometheus:
+        from . import prometheus  # noqa: PLC0415
+
+        checks.append(prometheus.check(health, thresholds, hundredths))
     if health.uses_log and use_log:
         checks.append(log_window_check(settings, health, thresholds, clock()))
     return judge.combine(checks)

@@ -90,6 +90,10 @@ class Watchdog:
         checks, progress = [], None
         if self.health.uses_endpoint:
             checks.append(sources.endpoint_check(self.health, thresholds, self.probe, hundredths))
+        if self.health.uses_prometheus:
+            from . import prometheus  # noqa: PLC0415
+
+            checks.append(prometheus.check(self.health, thresholds, hundredths))
         if self.health.uses_log and self.log_check is not None:
             checks.append(self.log_check(thresholds, self.clock()))
         elif self.health.uses_log:
