@@ -119,7 +119,8 @@ def test_enforce_soak_refuses_an_explicit_apply_too(sandbox):
 def test_manual_checks_are_confirmed_by_name_and_recorded(sandbox):
     endpoint = HealthEndpoint()
     try:
-        configure(sandbox, endpoint, plan='\n[plan]\nsoak = { "10" = "0s", "30" = "0s", "100" = "1h" }\n')
+        # advisory = []: both of the plan's manual checks are key here (by default user feedback only warns)
+        configure(sandbox, endpoint, plan='\n[plan]\nsoak = { "10" = "0s", "30" = "0s", "100" = "1h" }\nadvisory = []\n')
         ok(run_cli(sandbox.config_path, "promote"))
         ok(run_cli(sandbox.config_path, "promote"))  # at 30%; 100% needs the plan's two manual checks
         refused = run_cli(sandbox.config_path, "promote")
