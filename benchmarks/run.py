@@ -240,13 +240,18 @@ def _parse_wrk(out: str) -> dict:
             "failed": sum(errors.values()) + (int(non2xx.group(1)) if non2xx else 0)}
 
 
+KEEPALIVE = 32  # idle connections per worker to each upstream, on both sides of the proxy-cost comparison
+
+
 def proxy_cost(root: Path, seconds: int, rounds: int) -> None:
     sb = new_sandbox(root / "proxy")
     lua = new_sandbox(root / "proxy-lua", lua=True)
     plain_port = free_port()
     plain_prefix = root / "plain"
     conf = (REPO / "nginx" / "sandbox.conf.tmpl").read_text()
-    conf = conf.replace("    include @OUTPUT_DIR@/lbsplit.conf;\n", "    upstream plain_v1 { server 127.0.0.1:@V1_PORT@; }\n")
+    # Both sides keep idle connections to the backend, as production upstreams do (upstreams.keepalive).
+    conf = conf.replace("    include @OUTPUT_DIR@/lbsplit.conf;\n",
+                        f"    upstream plain_v1 {{ server 127.0.0.1:@V1_PORT@; keepalive {KEEPALIVE}; }}\n")
     # The same proxy lines as nginx/lbsplit-proxy.conf, with a fixed upstream instead of $lbsplit_upstream.
     plain_proxy = (REPO / "nginx" / "lbsplit-proxy.conf").read_text().replace("$lbsplit_upstream", "plain_v1")
     plain_proxy = "\n".join(l for l in plain_proxy.splitlines() if l and not l.startswith("#"))
@@ -262,6 +267,9 @@ def proxy_cost(root: Path, seconds: int, rounds: int) -> None:
         for box in (sb, lua):
             (box.root / "wl.txt").write_text("")
             box.write_config(whitelist=["test_user_001", "test_user_002", "internal_staff_001"])
+            text = box.config_path.read_text()
+            box.config_path.write_text(text.replace(f'v1 = ["127.0.0.1:{box.v1_port}"]',
+                                                    f'v1 = ["127.0.0.1:{box.v1_port}"]\nkeepalive = {KEEPALIVE}'))
             lbsplit(box, "apply", "30")
         lbsplit(lua, "apply", "30", "--force")  # the lua runtime's file is in place now; stays at 30%
         runs = {"plain": [], "lbsplit": [], "lua": []}
@@ -278,7 +286,7 @@ def proxy_cost(root: Path, seconds: int, rounds: int) -> None:
                                  "lua_rps": statistics.median(runs["lua"]), "lua_ratio": statistics.median(lua_ratios),
                                  "lua_ratio_min": lua_ratios[0], "lua_ratio_max": lua_ratios[-1],
                                  "rounds": rounds, "seconds": seconds, "all_plain": base, "all_lbsplit": ours,
-                                 "all_lua": runs["lua"]}
+                                 "all_lua": runs["lua"], "keepalive": KEEPALIVE}
         log(f"proxy cost: plain {statistics.median(base):.0f} rps, lbsplit {statistics.median(ours):.0f} rps, "
             f"lua runtime {statistics.median(runs['lua']):.0f} rps")
     finally:
