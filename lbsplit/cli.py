@@ -493,20 +493,26 @@ def history(obj: Context, as_json: bool, limit: int, local: bool) -> None:
 @click.argument("user_id")
 @click.option("--percent", default=None, help="Explain under this percent (and the config's whitelist) instead of the live one.")
 @click.option("--fallback", default=None, metavar="VALUE", help="Value of the fallback key (e.g. the client IP) for an empty id.")
+@click.option("--force-header", "header_value", default=None, metavar="VALUE",
+              help="What the request sends in split.force_header (the QA override), e.g. v2.")
+@click.option("--force-cookie", "cookie_value", default=None, metavar="VALUE",
+              help="What the request sends in the split.force_cookie cookie (the QA override), e.g. v1.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output; has \"variant\": \"v1\"/\"v2\".")
 @click.pass_obj
-def route(obj: Context, user_id: str, percent: str | None, fallback: str | None, as_json: bool) -> None:
+def route(obj: Context, user_id: str, percent: str | None, fallback: str | None, header_value: str | None,
+          cookie_value: str | None, as_json: bool) -> None:
     """Which variant USER_ID gets, and why, computed exactly as nginx does. USER_ID "-": ids from stdin, one per
     line, answered as one JSON line each.
 
     Example: lbsplit route test_user_001   or   lbsplit route u42 --percent 30 --json   or   lbsplit route - < ids
+    or   lbsplit route u42 --force-header v2
     """
 
     def go():
         from .rollout import status as status_mod  # noqa: PLC0415
 
         stage = stage_arg(percent) if percent is not None else None
-        explain = status_mod.router(obj.settings(for_revert=stage is None), stage, fallback)
+        explain = status_mod.router(obj.settings(for_revert=stage is None), stage, fallback, header_value, cookie_value)
         if user_id == "-":
             for line in sys.stdin:
                 click.echo(json.dumps(explain(line.rstrip("\r\n")).as_dict(), ensure_ascii=False))

@@ -74,6 +74,8 @@ class SplitSettings:
     fallback_key: str
     whitelist: tuple[str, ...]
     whitelist_file: Path | None
+    force_header: str | None = None  # QA override: a request header whose v1/v2 wins while v2 is on
+    force_cookie: str | None = None  # the same as a cookie (the header wins when both are sent)
 
 
 @dataclass(frozen=True)
@@ -354,6 +356,8 @@ SCHEMA: dict[str, object] = {
         "fallback_key": str,
         "whitelist": list,
         "whitelist_file": str,
+        "force_header": str,
+        "force_cookie": str,
     },
 }
 
@@ -440,7 +444,25 @@ def _load_split(base: Path, table: dict, raw_v2: object,
         fallback_key=fallback,
         whitelist=tuple(whitelist),
         whitelist_file=_path(base, table.get("whitelist_file")),
+        force_header=_force_name(table.get("force_header"), "split.force_header", _HEADER_NAME,
+                                 "letters, digits and dashes, e.g. X-Lbsplit-Variant (nginx drops headers "
+                                 "with underscores by default)"),
+        force_cookie=_force_name(table.get("force_cookie"), "split.force_cookie", _COOKIE_NAME,
+                                 "letters, digits and underscores, e.g. lbsplit_variant (nginx's $cookie_ "
+                                 "variables name no other cookies)"),
     )
+
+
+_HEADER_NAME = re.compile(r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*")
+_COOKIE_NAME = re.compile(r"[A-Za-z0-9_]+")
+
+
+def _force_name(value: object, field_name: str, shape: re.Pattern, fix: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not shape.fullmatch(value) or len(value) > 64:
+        raise ConfigError(f"{field_name}: {value!r} is not a name nginx can read; use {fix}")
+    return value
 
 
 def _status_listen(value: str) -> str:

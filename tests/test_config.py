@@ -74,6 +74,11 @@ def test_find_config_order(tmp_path, monkeypatch):
         ('[nginx]\nreload_command="nginx -s reload"\n[upstreams]\nv1=["a:1"]', "nginx.reload_command: expected a list"),
         ('lock_timeout = true\n[upstreams]\nv1=["a:1"]', "lock_timeout: expected a number"),
         ('[upstreams]\nv1=["a:1 backup"]', "every server is backup or down"),
+        ('[upstreams]\nv1=["a:1"]\nv2=["b:1"]\n[split]\nforce_header="X_Variant"', "split.force_header: 'X_Variant'"),
+        ('[upstreams]\nv1=["a:1"]\nv2=["b:1"]\n[split]\nforce_header="X-Variant;"', "split.force_header:"),
+        ('[upstreams]\nv1=["a:1"]\nv2=["b:1"]\n[split]\nforce_header="X-\u00c9"', "split.force_header:"),
+        ('[upstreams]\nv1=["a:1"]\nv2=["b:1"]\n[split]\nforce_cookie="qa-variant"', "split.force_cookie: 'qa-variant'"),
+        ('[upstreams]\nv1=["a:1"]\nv2=["b:1"]\n[split]\nforce_cookie=1', "split.force_cookie: expected a string"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path, text, message):

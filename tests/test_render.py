@@ -41,6 +41,10 @@ CASES = {
     "weight-100": inputs(Stage.at(10000), mode="weight"),
     "off": inputs(Stage.off(), whitelist=()),
     "hash-10-no-whitelist": inputs(Stage.at(1000), whitelist=()),
+    "hash-30-forcing": RenderInput(**{**inputs(Stage.at(3000)).__dict__, "force_header": "X-Lbsplit-Variant",
+                                      "force_cookie": "lbsplit_variant"}),
+    "weight-30-forcing-header": RenderInput(**{**inputs(Stage.at(3000), mode="weight").__dict__,
+                                               "force_header": "X-Lbsplit-Variant"}),
 }
 
 

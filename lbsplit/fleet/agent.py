@@ -76,7 +76,8 @@ def digest(settings: Settings) -> str:
     except LbsplitError as e:
         return f"invalid: {e}"[:200]
     name = inputs.include_file.name if inputs.include_file else ",".join(inputs.whitelist)
-    return protocol.split_digest(str(inputs.mode), inputs.key, inputs.fallback_key, name)
+    forcing = f"{inputs.force_header}\0{inputs.force_cookie}" if inputs.force_header or inputs.force_cookie else ""
+    return protocol.split_digest(str(inputs.mode), inputs.key, inputs.fallback_key, name, forcing)
 
 
 def local_report(settings: Settings, base: Report) -> Report:

@@ -193,6 +193,8 @@ def counts_problem(data: object, entry_lease: int, member: Member | None) -> str
     return None
 
 
-def split_digest(mode: str, key: str, fallback_key: str, whitelist_name: str) -> str:
-    """A user's variant depends on these alone (at a given stage): every host must agree on them."""
-    return hashlib.sha256(f"{mode}\0{key}\0{fallback_key}\0{whitelist_name}".encode()).hexdigest()[:16]
+def split_digest(mode: str, key: str, fallback_key: str, whitelist_name: str, forcing: str = "") -> str:
+    """A user's variant depends on these alone (at a given stage): every host must agree on them.
+    `forcing` names the QA override's header and cookie ("" for none: digests from before it stay the same)."""
+    text = f"{mode}\0{key}\0{fallback_key}\0{whitelist_name}" + (f"\0{forcing}" if forcing else "")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -84,6 +84,8 @@ class RenderInput:
     runtime: Runtime = DEFAULT_RUNTIME
     token_digest: str = "-"  # lua runtime: base64 SHA-1 of the control token (the token stays in state_dir)
     pooling: Pooling = Pooling()  # keepalive and the balancing method of each upstream
+    force_header: str = ""  # QA override: the request header that picks the variant while v2 is on ("" none)
+    force_cookie: str = ""  # the same as a cookie; the header wins when both are sent
 
 
 @functools.cache
@@ -335,6 +337,7 @@ def render(inp: RenderInput) -> str:
         pool_lines = [s.line(w) for s, w in zip(inp.v1, w1)] + [s.line(w) for s, w in zip(inp.v2, w2)]
         default_target = "lbsplit_pool"
     percent = inp.percent_text or stage.percent
+    forcing = on and bool(inp.force_header or inp.force_cookie)
     return _environment().get_template(ENTRY_TEMPLATE).render(
         generation=inp.generation,
         header=HEADER.format(generation=inp.generation, summary=summary(stage, inp.mode, percent)),
@@ -366,7 +369,31 @@ def render(inp: RenderInput) -> str:
         owner=inp.owner,
         status_path=STATUS_PATH,
         v1_check_path=V1_CHECK_PATH,
+        forcing=forcing,
+        force_header=inp.force_header,
+        force_cookie=inp.force_cookie,
+        header_variable=header_variable(inp.force_header) if inp.force_header else "",
+        cookie_variable=f"$cookie_{inp.force_cookie}" if inp.force_cookie else "",
+        # With the override on, the whitelist map names the split's choice and one map more lets the override win.
+        chosen="$lbsplit_chosen" if forcing and not lua else "$lbsplit_upstream",
     )
+
+
+def header_variable(name: str) -> str:
+    """nginx's variable for a request header: lower case, dashes as underscores."""
+    return "$http_" + name.lower().replace("-", "_")
+
+
+_FORCING = re.compile(r"^# QA override: header (\S+), cookie (\S+)\.$", re.MULTILINE)
+
+
+def forcing_of(text: str) -> tuple[str | None, str | None]:
+    """(header, cookie) the QA override of a rendered lbsplit.conf reads while v2 is on; None for none."""
+    match = _FORCING.search(text[:1 << 16])
+    if match is None:
+        return None, None
+    header, cookie = match.groups()
+    return (None if header == "-" else header), (None if cookie == "-" else cookie)
 
 
 # ---------------------------------------------------------------- reading it back
@@ -375,8 +402,10 @@ def render(inp: RenderInput) -> str:
 
 SAMPLE_KEYS = 200  # whitelist lines that go through crossplane as well as the line check
 # The map that holds the whitelist: $lbsplit_upstream itself, or in the lua runtime with v2 on,
-# $lbsplit_whitelisted (then $lbsplit_upstream is a one-line map the lua handler overrides).
-_MAP_OPEN = re.compile(r"^map \$[A-Za-z_][A-Za-z0-9_]* \$(lbsplit_upstream|lbsplit_whitelisted) \{$", re.MULTILINE)
+# $lbsplit_whitelisted (then $lbsplit_upstream is a one-line map the lua handler overrides), or with
+# the QA override on, $lbsplit_chosen (then $lbsplit_upstream maps $lbsplit_forced; the key is never lbsplit's).
+_MAP_OPEN = re.compile(r"^map \$(?!lbsplit_)[A-Za-z_][A-Za-z0-9_]* \$(lbsplit_upstream|lbsplit_whitelisted|lbsplit_chosen) \{$",
+                       re.MULTILINE)
 # Lines of one quoted key each (only \\ and \" escapes inside, as map_key writes them).
 _KEY_BLOCK = re.compile(r'(?:    "\\\\(?:[^"\\\x00-\x1f]++|\\["\\])*+" lbsplit_v2;\n)*+')
 TOP_LEVEL = {"log_format", "map_hash_bucket_size", "map_hash_max_size", "upstream", "map", "split_clients", "server",
@@ -466,9 +495,10 @@ def check_structure(text: str, whitelist_size: int, include: bool = False) -> No
     upstream_maps = [d for d in maps if d["args"][-1] == "$lbsplit_upstream"]
     if len(upstream_maps) != 1:
         raise StructureError("rendered config must define $lbsplit_upstream exactly once")
-    holders = [d for d in maps if d["args"][-1] == "$lbsplit_whitelisted"] or upstream_maps
+    holders = [d for d in maps if d["args"][-1] in ("$lbsplit_whitelisted", "$lbsplit_chosen")] or upstream_maps
     if len(holders) != 1:
-        raise StructureError("rendered config must define $lbsplit_whitelisted at most once")
+        raise StructureError("rendered config must define its whitelist map ($lbsplit_whitelisted or "
+                             "$lbsplit_chosen) at most once")
     entries = [e for e in holders[0]["block"] if not (include and e["directive"] == "include")]
     if include and len(entries) != len(holders[0]["block"]) - 1:
         raise StructureError("$lbsplit_upstream map must include exactly one whitelist file")

@@ -30,12 +30,36 @@ def folded_keys(ids) -> set[bytes]:
     return {fold_case(i) for i in ids}
 
 
+@dataclass(frozen=True)
+class Forcing:
+    """The QA override a request carries: the names nginx reads, and the values this request sends."""
+
+    header: str | None = None  # the header's name (None: not configured)
+    cookie: str | None = None
+    header_value: str | None = None  # what the request sends there (None: nothing)
+    cookie_value: str | None = None
+
+    def choice(self) -> tuple[Variant, str] | None:
+        """The variant the override picks, and where it came from; None when it picks nothing.
+        The header wins over the cookie; values compare as nginx's map does (case-insensitive)."""
+        for name, value, what in ((self.header, self.header_value, "header"), (self.cookie, self.cookie_value, "cookie")):
+            if name and value is not None and value.strip().lower() in ("v1", "v2"):
+                return Variant(value.strip().lower()), f"the {name} {what} says {value.strip().lower()}"
+        return None
+
+
 def explain(user_id: str, stage: Stage, mode: Mode, whitelist: set[bytes], fallback: str | None,
-            fallback_name: str = DEFAULT_FALLBACK_KEY) -> Route:
-    """Decide like nginx: whitelist map first, then split_clients on the id (or the fallback key)."""
+            fallback_name: str = DEFAULT_FALLBACK_KEY, forcing: Forcing = Forcing()) -> Route:
+    """Decide like nginx: the QA override first, then the whitelist map, then split_clients on the id
+    (or the fallback key)."""
     percent = stage.percent if stage.v2_enabled else None
+    forced = forcing.choice()
     if not stage.v2_enabled:
-        return Route(user_id, Variant.V1, "v2 is off (reverted): everyone is on v1", None, False)
+        note = f" ({forced[1]}, but a revert turns the QA override off too)" if forced else ""
+        return Route(user_id, Variant.V1, f"v2 is off (reverted): everyone is on v1{note}", None, False)
+    if forced:
+        return Route(user_id, forced[0], f"{forced[1]}: the QA override wins over the whitelist and the split",
+                     percent, False)
     folded = fold_case(user_id)
     if user_id and folded in whitelist:
         return Route(user_id, Variant.V2, "whitelisted (nginx matches whitelist ids case-insensitively)", percent, True)

@@ -184,6 +184,8 @@ def plan(settings: Settings, stage: Stage, use_cache: bool = True, remember: boo
         token_digest=store.token_digest(create=remember) if settings.nginx.runtime == Runtime.LUA else "-",
         include_file=resolved.file if resolved else None,
         pooling=settings.pooling,
+        force_header=(split.force_header or "") if stage.v2_enabled else "",
+        force_cookie=(split.force_cookie or "") if stage.v2_enabled else "",
     )
     if stage.v2_enabled and stage.hundredths not in (0, FULL) and mode == Mode.HASH:
         fallback_problem = fallback_warning(fallback)

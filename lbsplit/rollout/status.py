@@ -9,9 +9,9 @@ from .. import whitelist as whitelist_mod
 from ..config import Settings
 from ..errors import ConfigError, LbsplitError
 from ..model import DEFAULT_FALLBACK_KEY, Mode, Stage
-from ..nginx.dialect import include_of, owner_of, reports_stage, unrecorded_off_generation, whitelist_ids
+from ..nginx.dialect import forcing_of, include_of, owner_of, reports_stage, unrecorded_off_generation, whitelist_ids
 from ..nginx.process import Nginx
-from ..nginx.route import Route, explain, folded_keys
+from ..nginx.route import Forcing, Route, explain, folded_keys
 from . import files
 from .state import DamagedFile, StateStore
 
@@ -79,20 +79,27 @@ def live_status(settings: Settings) -> dict:
     }
 
 
-def router(settings: Settings, percent: Stage | None, fallback: str | None) -> Callable[[str], Route]:
+def router(settings: Settings, percent: Stage | None, fallback: str | None,
+           header_value: str | None = None, cookie_value: str | None = None) -> Callable[[str], Route]:
     """user id -> Route (its variant, and why): under `percent` with the config's whitelist, else as nginx
-    serves now. The whitelist is read once, for any number of ids (`route -`)."""
+    serves now. The whitelist is read once, for any number of ids (`route -`). `header_value` and
+    `cookie_value`: what the request sends in the QA override's header and cookie."""
     if percent is not None:
         _, split = settings.require_rollout()
         keys = folded_keys(whitelist_mod.load(split).ids)
-        return lambda user_id: explain(user_id, percent, split.mode, keys, fallback, split.fallback_key)
+        forcing = Forcing(split.force_header, split.force_cookie, header_value, cookie_value)
+        return lambda user_id: explain(user_id, percent, split.mode, keys, fallback, split.fallback_key, forcing)
     state = StateStore(settings.state_dir).read_state()
     if state is None:
         raise ConfigError("route: nothing is applied yet; pass --percent P to ask about a stage")
     live = (files.read_bytes(settings.nginx.live_file) or b"").decode("utf-8", errors="replace")
+    names = forcing_of(live)  # the override the live file holds; a revert's file holds none, so name the config's
+    if not state.stage.v2_enabled and names == (None, None) and settings.split is not None:
+        names = settings.split.force_header, settings.split.force_cookie
+    forcing = Forcing(*names, header_value, cookie_value)
     include = include_of(live)
     if include:  # the whitelist lives in its map file
         live = (files.read_bytes(Path(include)) or b"").decode("utf-8", errors="replace")
     fallback_name = settings.split.fallback_key if settings.split else DEFAULT_FALLBACK_KEY
     keys = folded_keys(whitelist_ids(live))
-    return lambda user_id: explain(user_id, state.stage, Mode(state.mode), keys, fallback, fallback_name)
+    return lambda user_id: explain(user_id, state.stage, Mode(state.mode), keys, fallback, fallback_name, forcing)
