@@ -4,15 +4,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench install nginx lua etcd prometheus wrk clean
+.PHONY: demo test test-slow bench install nginx lua etcd prometheus chromium wrk clean
 
 demo: install
 	$(PY) -m lbsplit.demo
 
-test: install lua etcd prometheus
+test: install lua etcd prometheus chromium
 	$(PY) -m pytest -q
 
-test-slow: install lua etcd prometheus
+test-slow: install lua etcd prometheus chromium
 	$(PY) -m pytest -q -m slow
 
 bench: install wrk
@@ -44,6 +44,10 @@ etcd:
 # Debian's Prometheus, for the tests of the prometheus health source (they start their own on loopback).
 prometheus:
 	@command -v prometheus >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PACKAGES=prometheus
+
+# Debian's Chromium, for the dashboard's test in a real headless browser.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PACKAGES=chromium
 
 wrk:
 	@command -v wrk >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PACKAGES=wrk

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -279,6 +280,47 @@ def render(obj: Context, percent: str, whitelist_file: bool) -> None:
         for warning in warnings:
             click.echo(warning, err=True)
         click.echo(text, nl=False)
+
+    run(go)
+
+
+@main.command()
+@click.option("--listen", default="127.0.0.1:8089", show_default=True, metavar="ADDRESS:PORT",
+              help="Where the page is served.")
+@click.option("--refresh", default=10, show_default=True, type=click.IntRange(0, 3600), metavar="SECONDS",
+              help="The page reloads itself this often (0: never).")
+@click.option("--allow-actions", is_flag=True, help="Show revert and promote buttons (needs --token-file).")
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --allow-actions: the file holding the token the buttons must send.")
+@click.pass_obj
+def dashboard(obj: Context, listen: str, refresh: int, allow_actions: bool, token_file: Path | None) -> None:
+    """Serve the rollout as a web page until stopped: the stage, v2 against v1 per check, the history,
+    the next stage's checklist; /api/status is the JSON. Read-only unless --allow-actions.
+
+    Example: lbsplit dashboard --listen 127.0.0.1:8089   then open http://127.0.0.1:8089/
+    """
+
+    def go():
+        from .web import server  # noqa: PLC0415
+
+        if allow_actions and token_file is None:
+            raise ConfigError("--allow-actions: give --token-file F, the file holding the token the buttons send")
+        if token_file is not None and not allow_actions:
+            raise ConfigError("--token-file: only used with --allow-actions; add it, or drop --token-file")
+        token = server.read_token(token_file) if token_file is not None else None
+        obj.settings(for_revert=True)  # a config that does not load stops here, with its one-line error
+        board = server.Dashboard(lambda: obj.settings(for_revert=True), obj.config_path, refresh, token)
+
+        def ready(address):
+            host, port = address[0], address[1]
+            shown = f"[{host}]" if ":" in host else host
+            click.echo(f"lbsplit dashboard: serving http://{shown}:{port}/ "
+                       f"({'actions on' if token else 'read-only'}); Ctrl-C stops it", err=True)
+
+        try:
+            server.serve(board, listen, ready)
+        except KeyboardInterrupt:
+            click.echo("lbsplit dashboard: stopped", err=True)
 
     run(go)
 

@@ -136,6 +136,11 @@ class StateStore:
         return self.dir / "watchdog.json"
 
     @property
+    def checks_path(self) -> Path:
+        """The watchdog's checks, one JSON line each (the dashboard's chart)."""
+        return self.dir / "checks.jsonl"
+
+    @property
     def watchdog_lock_path(self) -> Path:
         return self.dir / "watchdog.lock"
 

@@ -269,6 +269,20 @@ def checklist(txn: Transaction, target: Stage, probe=None, clock=time.time, stri
     return items + check_items(txn.settings, state, target, strict) + final_items(txn.settings, target)
 
 
+def preview(settings: Settings, target: Stage, probe=None, clock=time.time) -> list[Item]:
+    """promote's checklist for `target` without the lock, for a reader such as the dashboard: everything but
+    the revert config's nginx -t (that writes a check copy; `lbsplit check` runs it)."""
+    state = StateStore(settings.state_dir).read_state_or_none()
+    serving = state is not None and state.v2_enabled
+    items = health_items(settings, target, probe, clock, v2_serving=serving)
+    if settings.health is not None:
+        items.append(watchdog_item(settings, target, clock, state))
+    soak = soak_item(settings, state, clock(), True)
+    if soak is not None:
+        items.append(soak)
+    return items + check_items(settings, state, target, True) + final_items(settings, target)
+
+
 def final_items(settings: Settings, target: Stage) -> list[Item]:
     """Before 100%: the plan's final-check items that need the user's own metrics and have none configured,
     as warnings, so a user sees all ten items of the plan's list, not only the covered ones."""

@@ -215,7 +215,8 @@ def evaluate_log(v1, v2, t: Thresholds, health: HealthSettings, problem: str | N
         "log_v2_requests": float(v2.requests), "log_v2_error_rate": v2.error_rate,
         "log_v2_timeout_rate": v2.timeout_rate, "log_v2_avg_response_time": v2.avg_response_time,
         "log_v2_p95_response_time": v2.p95_response_time, "log_v1_requests": float(v1.requests),
-        "log_v1_error_rate": v1.error_rate, "log_v1_p95_response_time": v1.p95_response_time,
+        "log_v1_error_rate": v1.error_rate, "log_v1_timeout_rate": v1.timeout_rate,
+        "log_v1_p95_response_time": v1.p95_response_time,
     }
     policy = health.no_data
     levels = dict(health.levels)

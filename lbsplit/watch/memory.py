@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -100,4 +101,58 @@ def active_alerts(check, previous: list, now: float) -> list[dict]:
             out.append({"level": str(missing.level), "rule": missing.metric or "data", "source": missing.source,
                         "value": None, "limit": None, "bound": "", "why": missing.why,
                         "since": started.get(key) or now})
+    return out
+
+
+# ---------------------------------------------------------------- the checks, one JSON line each
+# The dashboard's chart reads them: the watchdog appends one per check (checks.jsonl in state_dir).
+CHECKS_MAX_BYTES = 1 << 20  # past this the file keeps its newest CHECKS_KEEP lines
+CHECKS_KEEP = 2000
+
+
+def check_record(now: float, generation: int, hundredths: int, check, consecutive: int,
+                 thresholds: Thresholds) -> dict:
+    """One check as the chart needs it: when, where, the verdict, every metric and the stage's limits."""
+    return {"at": round(now, 3), "generation": generation, "stage": hundredths, "outcome": str(check.outcome),
+            "consecutive": consecutive, "metrics": dict(check.metrics),
+            "limits": {m: thresholds.limit(m) for m in METRICS}, "summary": check.summary()[:500]}
+
+
+def append_check(path: Path, record: dict) -> None:
+    """Append one record; a file past CHECKS_MAX_BYTES is cut to its newest CHECKS_KEEP lines first.
+    Raises OSError (the watchdog logs it and goes on: a chart never stops a check)."""
+    line = (json.dumps(record, separators=(",", ":"), allow_nan=False, default=str) + "\n").encode()
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        size = 0
+    if size > CHECKS_MAX_BYTES:
+        kept = path.read_bytes().splitlines(keepends=True)[-CHECKS_KEEP:]
+        files.atomic_write(path, b"".join(kept) + line, mode=0o644)
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def recent_checks(path: Path, limit: int = 500) -> list[dict]:
+    """The newest `limit` records, oldest first; torn or foreign lines are skipped."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - CHECKS_MAX_BYTES - (64 << 10)))
+            lines = f.read().splitlines()[-limit:]
+    except OSError:
+        return []
+    out = []
+    for raw in lines:
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("at"), (int, float)) \
+                and isinstance(record.get("metrics"), dict):
+            out.append(record)
     return out

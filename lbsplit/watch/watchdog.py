@@ -20,7 +20,7 @@ from ..rollout.state import StateStore
 from ..rollout.transaction import Outcome as Change
 from ..rollout.transaction import Transaction
 from . import endpoint, gate, hooks, judge, notify, sources
-from .memory import WatchdogState, active_alerts, load_state, prometheus_text, save_state
+from .memory import WatchdogState, active_alerts, append_check, check_record, load_state, prometheus_text, save_state
 
 CRON_PERIOD = judge.CRON_PERIOD
 
@@ -199,6 +199,11 @@ class Watchdog:
                 f"consecutive={verdict.consecutive}/{self.health.failures_before_revert} no_data={check.policy} "
                 f"{values}" + (f" [{detail}]" if detail else ""))
         self._log(line)
+        try:
+            append_check(self.store.checks_path, check_record(self.clock(), state.generation, stage.hundredths, check,
+                                                              verdict.consecutive, thresholds))
+        except (OSError, ValueError, LbsplitError) as e:
+            self._log(f"cannot record the check for the dashboard: {e}")
         if self.chatty:  # a person at a terminal sees every check, a pass too
             self.echo(line)
         result = RunResult(check.outcome, thresholds.check_every)
