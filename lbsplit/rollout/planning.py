@@ -152,7 +152,8 @@ def whitelist_dir(settings: Settings) -> Path:
 
 
 def plan(settings: Settings, stage: Stage, use_cache: bool = True, remember: bool = False) -> Plan:
-    """Validate everything the stage needs. Touches nothing."""
+    """Validate everything the stage needs. Touches nothing nginx serves; with `remember` it writes the lua
+    runtime's control token and the render cache in state_dir (see the module's docstring)."""
     resolved, include = None, None
     store = StateStore(settings.state_dir)
     if stage.v2_enabled:
