@@ -21,6 +21,17 @@ def run_cli(config: Path | None, *args: str, timeout: float = 120, env: dict | N
     return subprocess.run(argv + list(args), capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def end(proc: subprocess.Popen, grace: float = 10) -> None:
+    """End a process a test started: SIGTERM, then SIGKILL after `grace` seconds; reaped either way."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.fixture(scope="session")
 def nginx_bin() -> str:
     found = nginx_binary()

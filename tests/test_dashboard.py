@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import end, run_cli
 from lbsplit.demo.sandbox import free_port
 from lbsplit.watch import memory
 from lbsplit.web import page
@@ -64,12 +64,7 @@ class DashboardProcess:
             conn.close()
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        end(self.proc)
         self.proc.stdout.close()
         self.proc.stderr.close()
 

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from conftest import run_cli
+from conftest import end, run_cli
 from fakes import _Server
 from lbsplit.watch.prometheus import value_of
 
@@ -105,13 +105,7 @@ class Prometheus:
             time.sleep(0.2)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end(self.proc)
 
 
 @pytest.fixture(scope="module")

@@ -104,15 +104,13 @@ class Dashboard:
 
         settings = self.load_settings()
         local, fleet = self.status(settings)
-        from ..watch import planview  # noqa: PLC0415
-
         checks = self.checks(settings, CHECKS_SHOWN)
         try:
             history, _ = front.history(settings, False)
         except LbsplitError:
             history, _ = front.history(settings, True)
         return page.render({
-            "status": local, "plan": local.get("plan") or planview.plan_view(settings), "fleet": fleet,
+            "status": local, "plan": local["plan"], "fleet": fleet,
             "checks": checks, "events": page.events_of(history, checks, epoch), "gate": self.gate(settings),
             "actions": self.actions, "refresh": self.refresh, "now": time.time(),
             "config": str(self.config_path or ""),
