@@ -9,8 +9,9 @@ STAMP := $(VENV)/.installed
 demo: install
 	$(PY) -m lbsplit.demo
 
+# Three workers on two cores: most of a test's time is spent waiting for nginx, etcd or a browser.
 test: install lua etcd prometheus chromium
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 3
 
 test-slow: install lua etcd prometheus chromium
 	$(PY) -m pytest -q -m slow

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 
-from lbsplit.config import DEFAULT_THRESHOLDS, HealthSettings
-from lbsplit.model import Outcome
+from lbsplit.config import HealthSettings
+from lbsplit.model import DEFAULT_THRESHOLDS, Outcome
 from lbsplit.watch import judge
 from lbsplit.watch.logsource import VariantStats
 

@@ -22,7 +22,8 @@ import time
 import uuid
 from pathlib import Path
 
-from lbsplit.demo.sandbox import NginxProcess, Sandbox, fill, free_port, nginx_binary, pipelined_variants
+from lbsplit.demo.sandbox import NginxProcess, Sandbox, fill, free_port, nginx_binary
+from tests.harness import pipelined_variants
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
@@ -492,7 +493,7 @@ def _cpu_seconds(pid: int) -> float:
 def fleet_times(root: Path, sizes: list[int], repeats: int) -> None:
     """Fleet apply and revert (command start to every host serving) for n load balancers, next to a
     single-host apply and revert of the same config, measured alternately while the agents run."""
-    from lbsplit.demo.sandbox import EtcdProcess, fleet_section
+    from tests.harness import EtcdProcess, fleet_section
 
     etcd = EtcdProcess(root / "fleet-etcd")
     etcd.start()

@@ -12,11 +12,11 @@ import click
 from . import __version__, timing
 from .config import Settings, find_config, load
 from .errors import ConfigError, ExitCode, GateRefused, LbsplitError, NotServing
-from .model import Stage, format_span, parse_percent
+from .model import Change, Stage, format_span, parse_percent
 from .rollout import planning, transaction
 from .rollout.state import DamagedFile
+from .app import commands
 from .watch import gate
-from .fleet import front
 
 # The read-only views (status, plan, alerts, route, report) load their modules inside their
 # commands: `lbsplit apply` starts without them.
@@ -61,12 +61,8 @@ def run(fn):
         timing.write()
 
 
-def echo_outcome(outcome) -> None:
-    echo_lines(outcome.messages)
-
-
-def echo_lines(lines: list[str]) -> None:
-    for line in lines:
+def echo_lines(change: Change) -> None:
+    for line in change.messages:
         click.echo(line)
 
 
@@ -103,7 +99,7 @@ def init(obj: Context) -> None:
 
     def go():
         settings = obj.settings(for_revert=True)
-        echo_outcome(transaction.init(settings))
+        echo_lines(transaction.init(settings))
         click.echo(f"Add at http level in nginx:  include {settings.nginx.live_file};")
         click.echo("and proxy with:              proxy_pass http://$lbsplit_upstream;")
 
@@ -135,7 +131,7 @@ def apply(obj: Context, percent: str, dry_run: bool, reason: str, force: bool, a
                 click.echo(warning, err=True)
             click.echo(dry.diff, nl=False)
             return
-        echo_lines(front.apply(settings, stage, reason, force, allow_unreachable))
+        echo_lines(commands.apply(settings, stage, reason, force, allow_unreachable))
 
     run(go)
 
@@ -152,7 +148,7 @@ def promote(obj: Context, reason: str, force: bool, confirm: tuple[str, ...], al
 
     Example: lbsplit promote --confirm "user feedback positive" --reason "survey 2026-12-01"
     """
-    run(lambda: echo_lines(front.promote(obj.settings(), reason, force, confirm, allow_unreachable)))
+    run(lambda: echo_lines(commands.promote(obj.settings(), reason, force, confirm, allow_unreachable)))
 
 
 @main.command(context_settings=PERCENT_ARG)
@@ -167,7 +163,7 @@ def check(obj: Context, percent: str | None) -> None:
     """
 
     def go():
-        stage, items = gate.check(obj.settings(), stage_arg(percent) if percent is not None else None)
+        stage, items = commands.check(obj.settings(), stage_arg(percent) if percent is not None else None)
         if stage is None:
             click.echo("v2 is at the last stage: nothing to promote (give a PERCENT to check one)")
             return
@@ -204,7 +200,7 @@ def watchdog(obj: Context, once: bool, loop: bool) -> None:
         if health is None:
             raise ConfigError("health: no [health] section; add one (url = v2's health endpoint) to use the watchdog")
         chatty = sys.stderr.isatty()
-        sys.exit(front.watchdog(settings, health, mode, lambda m: click.echo(m, err=True), chatty))
+        sys.exit(commands.watchdog(settings, health, mode, lambda m: click.echo(m, err=True), chatty))
 
     run(go)
 
@@ -224,7 +220,7 @@ def revert(obj: Context, reason: str, local: bool) -> None:
     Example: lbsplit revert --reason "error rate 7%"
     """
 
-    run(lambda: echo_lines(front.revert(obj.settings_for_revert(), reason, local)))
+    run(lambda: echo_lines(commands.revert(obj.settings_for_revert(), reason, local)))
 
 
 @main.command()
@@ -235,7 +231,7 @@ def rejoin(obj: Context) -> None:
     The agent then applies the fleet's desired stage here. Example: lbsplit rejoin
     """
 
-    run(lambda: click.echo(front.rejoin(obj.settings(for_revert=True))))
+    run(lambda: click.echo(commands.rejoin(obj.settings(for_revert=True))))
 
 
 @main.command()
@@ -248,7 +244,7 @@ def forget(obj: Context, host: str, reason: str) -> None:
     Until then an unreachable member makes apply refuse and revert and status exit 12. Recorded
     in the fleet's history. Example: lbsplit forget lb-3 --reason "decommissioned"
     """
-    run(lambda: click.echo(front.forget(obj.settings(for_revert=True), host, reason)))
+    run(lambda: click.echo(commands.forget(obj.settings(for_revert=True), host, reason)))
 
 
 @main.command()
@@ -260,14 +256,14 @@ def agent(obj: Context) -> None:
     local transaction, and reports what this host serves. Stops on SIGTERM. See
     docs/examples/lbsplit-agent.service. Example: lbsplit --config /etc/lbsplit/lbsplit.toml agent
     """
-    run(lambda: sys.exit(front.agent(obj.config_path, lambda m: click.echo(f"lbsplit agent: {m}", err=True))))
+    run(lambda: sys.exit(commands.agent(obj.config_path, lambda m: click.echo(f"lbsplit agent: {m}", err=True))))
 
 
 @main.command(context_settings=PERCENT_ARG)
 @click.argument("percent")
-@click.option("--whitelist-file", is_flag=True, help="Print the whitelist's map file (that lbsplit.conf includes) instead.")
+@click.option("--whitelist-file", "map_file", is_flag=True, help="Print the whitelist's map file (that lbsplit.conf includes) instead.")
 @click.pass_obj
-def render(obj: Context, percent: str, whitelist_file: bool) -> None:
+def render(obj: Context, percent: str, map_file: bool) -> None:
     """Print the lbsplit.conf that `apply PERCENT` would write; touch nothing.
 
     PERCENT may be "off" for the revert config. Example: lbsplit render 10 --whitelist-file
@@ -276,7 +272,7 @@ def render(obj: Context, percent: str, whitelist_file: bool) -> None:
     def go():
         stage = Stage.off() if percent == "off" else stage_arg(percent)
         settings = obj.settings(for_revert=not stage.v2_enabled)
-        text, warnings = planning.render_text(settings, stage, whitelist_file)
+        text, warnings = planning.render_text(settings, stage, map_file)
         for warning in warnings:
             click.echo(warning, err=True)
         click.echo(text, nl=False)
@@ -301,7 +297,7 @@ def dashboard(obj: Context, listen: str, refresh: int, allow_actions: bool, toke
     """
 
     def go():
-        from .web import server  # noqa: PLC0415
+        from .web import server  # noqa: PLC0415 - only this command loads it; `lbsplit --help` and the others start without it
 
         if allow_actions and token_file is None:
             raise ConfigError("--allow-actions: give --token-file F, the file holding the token the buttons send")
@@ -337,7 +333,7 @@ def snippet(name: str, show_path: bool) -> None:
     proxy: the lines for the location that proxies to $lbsplit_upstream (HTTP/1.1 for keep-alive, the
     client's Host); site: an example server block. Example: lbsplit snippet proxy > /etc/nginx/lbsplit-proxy.conf
     """
-    from . import resources  # noqa: PLC0415
+    from . import resources  # noqa: PLC0415 - only this command loads it; `lbsplit --help` and the others start without it
 
     def go():
         path = resources.snippets_dir() / SNIPPETS[name]
@@ -360,14 +356,14 @@ def status(obj: Context, as_json: bool, local: bool) -> None:
     """
 
     def go():
-        from .watch import planview  # noqa: PLC0415
+        from .watch import planview  # noqa: PLC0415 - only this command loads it; `lbsplit --help` and the others start without it
 
         settings = obj.settings(for_revert=True)
-        f = front.fleet_status(settings, local)
+        f = commands.fleet_status(settings, local)
         if f is not None:
             click.echo(json.dumps({k: v for k, v in f.items() if k != "lines"}, indent=2) if as_json
                        else "\n".join(f["lines"]))
-            front.require_serving(f)
+            commands.require_serving(f)
             return
         s = planview.full_status(settings)
         if as_json:
@@ -452,12 +448,12 @@ def plan_command(obj: Context, as_json: bool, with_gate: bool) -> None:
     """
 
     def go():
-        from .watch import planview  # noqa: PLC0415
+        from .watch import planview  # noqa: PLC0415 - only this command loads it; `lbsplit --help` and the others start without it
 
         settings = obj.settings_for_revert()
         view = planview.plan_view(settings)
         if with_gate:
-            stage, items = gate.check(obj.settings(), None)
+            stage, items = commands.check(obj.settings(), None)
             view["gate"] = None if stage is None else {
                 "stage": stage.describe(), "refuses": gate.refuses(items),
                 "items": [{"name": i.name, "ok": i.ok, "blocking": i.blocking, "detail": i.detail} for i in items]}
@@ -487,7 +483,7 @@ def alerts(obj: Context, as_json: bool) -> None:
     """
 
     def go():
-        from .watch import planview  # noqa: PLC0415
+        from .watch import planview  # noqa: PLC0415 - only this command loads it; `lbsplit --help` and the others start without it
 
         view = planview.alerts_view(obj.settings_for_revert())
         if as_json:
@@ -511,7 +507,7 @@ def history(obj: Context, as_json: bool, limit: int, local: bool) -> None:
     def go():
         if limit is not None and limit < 1:
             raise ConfigError(f"-n: {limit} is not a number of entries; give 1 or more, or leave -n out for all")
-        entries, in_fleet = front.history(obj.settings(for_revert=True), local)
+        entries, in_fleet = commands.history(obj.settings(for_revert=True), local)
         if not entries and not as_json:
             click.echo("no history yet: nothing has been applied")
         for e in entries[-limit:] if limit else entries:
@@ -551,7 +547,7 @@ def route(obj: Context, user_id: str, percent: str | None, fallback: str | None,
     """
 
     def go():
-        from .rollout import status as status_mod  # noqa: PLC0415
+        from .rollout import status as status_mod  # noqa: PLC0415 - only this command loads it; `lbsplit --help` and the others start without it
 
         stage = stage_arg(percent) if percent is not None else None
         explain = status_mod.router(obj.settings(for_revert=stage is None), stage, fallback, header_value, cookie_value)
@@ -587,8 +583,8 @@ def report(obj: Context, window: str, as_json: bool) -> None:
     """
 
     def go():
-        from .watch import sources  # noqa: PLC0415
-        from .watch.logsource import parse_duration  # noqa: PLC0415
+        from .watch import sources  # noqa: PLC0415 - only this command loads it; `lbsplit --help` and the others start without it
+        from .watch.logsource import parse_duration  # noqa: PLC0415 - only this command loads it; `lbsplit --help` and the others start without it
 
         try:
             seconds = parse_duration(window)

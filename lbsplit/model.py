@@ -7,7 +7,7 @@ transaction, the dialect and the CLI read them from here.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 
@@ -114,7 +114,37 @@ DEFAULT_CHECKS = {10000: ("performance baseline passed", "user feedback positive
 FINAL_METRIC_ITEMS = (("dead letter queue cleared", "dead_letter_backlog", "max = 0"),
                       ("AI failure rate below 5%", "ai_failure_rate", "max = 0.05"),
                       ("database error rate below 1%", "db_error_rate", "max = 0.01"))
+CRON_PERIOD = 60.0  # cron starts the watchdog once a minute
+WATCH_GAP = 3  # a gap of more than this many check intervals between checks stops the soak clock
 DEFAULT_ADVISORY = ("user feedback positive",)  # the plan marks it not key: a missing confirm warns, never blocks
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What healthy means at stages up to `up_to_hundredths`, and how often to look."""
+
+    up_to_hundredths: int
+    error_rate: float
+    timeout_rate: float
+    dead_letter_growth: float
+    avg_response_time: float
+    check_every: float
+    alert_cooldown: float
+    window: float  # seconds of access log the nginx_log source judges
+
+    def limit(self, metric: str) -> float:
+        return getattr(self, metric)
+
+
+# The rollout plan's table: stage up to 10% / 30% / 100% (error and timeout rates as fractions, dead-letter
+# growth per hour, response time in seconds; then check_every, alert_cooldown and window in seconds).
+DEFAULT_THRESHOLDS = (
+    Thresholds(1000, 0.05, 0.02, 10, 30, 60, 300, 300),
+    Thresholds(3000, 0.04, 0.015, 8, 25, 30, 120, 60),
+    Thresholds(10000, 0.03, 0.01, 5, 20, 15, 60, 30),
+)
+# Per-row settings besides the metric limits.
+THRESHOLD_TIMING = ("check_every", "alert_cooldown", "window")
 
 
 @dataclass(frozen=True)
@@ -147,11 +177,45 @@ class Stage:
         return f"{self.percent}%" if self.v2_enabled else "off"
 
 
+@dataclass
+class Change:
+    """What a command that changes the stage did, on this host or across the fleet, for the CLI to print.
+
+    `generation` is this host's new (or unchanged) generation; for a fleet command, the fleet's change id.
+    `hosts` is what each fleet member reported (empty on a single host)."""
+
+    generation: int
+    stage: Stage
+    changed: bool
+    reloaded: bool = False
+    messages: list[str] = field(default_factory=list)
+    hosts: dict[str, str] = field(default_factory=dict)
+
+
+def next_stage(stages: tuple[int, ...], live: Stage | None) -> Stage | None:
+    """The first configured stage above the live one (from v2 off: the first stage); None at the last stage."""
+    current = live.hundredths if live is not None and live.v2_enabled else -1
+    higher = [s for s in stages if s > current]
+    return Stage.at(higher[0]) if higher else None
+
+
 def format_span(seconds: float) -> str:
     """A duration as every command writes it: '0m07s', '12m30s', '72h00m'."""
     seconds = max(0, int(seconds))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+_SPAN = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd])")
+SPAN_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_span(text: str) -> float | None:
+    """Seconds from a duration as lbsplit writes them, '30s', '5m', '48h', '2d' (any case); None when it is not one.
+
+    The one duration grammar: the config's soak times and `alerts --window` both read it."""
+    match = _SPAN.fullmatch(text.strip().lower())
+    return float(match.group(1)) * SPAN_UNITS[match.group(2)] if match else None
 
 
 def format_hundredths(hundredths: int) -> str:

@@ -141,7 +141,7 @@ def parse_server(text: object, field: str) -> Server:
     return Server(address=_check_address(address, field), **kwargs)
 
 
-_ID_TROUBLE_RE = re.compile(r"[\s\x00-\x1f\x7f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
+ID_TROUBLE_RE = re.compile(r"[\s\x00-\x1f\x7f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
 
 
 def whitelist_id_problem(user_id: str) -> str | None:
@@ -150,7 +150,7 @@ def whitelist_id_problem(user_id: str) -> str | None:
         return "the id is empty"
     if len(user_id) * 4 > MAX_ID_BYTES and len(user_id.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
         return f"it is {len(user_id.encode('utf-8', 'surrogatepass'))} bytes long; ids up to {MAX_ID_BYTES} bytes are supported"
-    if _ID_TROUBLE_RE.search(user_id):
+    if ID_TROUBLE_RE.search(user_id):
         if _CONTROL_RE.search(user_id):
             return "it contains a control character"
         return "it contains whitespace (one id per line, no spaces inside an id)"

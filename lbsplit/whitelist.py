@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .config import SplitSettings
 from .errors import ConfigError
-from .validate import _ID_TROUBLE_RE as _BAD, MAX_ID_BYTES, whitelist_id_problem
+from .validate import ID_TROUBLE_RE as _BAD, MAX_ID_BYTES, whitelist_id_problem
 
 MAX_SHOWN = 20
 _ASCII_TROUBLE = bytes(range(0x21)) + b"\x7f"

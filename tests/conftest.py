@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -6,10 +7,38 @@ from pathlib import Path
 import pytest
 
 from lbsplit.config import load
-from lbsplit.demo.sandbox import Sandbox, nginx_binary
+from lbsplit.demo.sandbox import Sandbox, nginx_binary, share_ports
 from lbsplit.rollout import transaction
 
 REPO = Path(__file__).resolve().parent.parent
+
+# pytest-xdist workers pick ports at once: each gets its own share, so a port one picked and has not bound
+# yet (a fleet's three nginx start seconds after their configs are written) is never another's pick.
+if os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
+    share_ports(int(os.environ["PYTEST_XDIST_WORKER"][2:]), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
+
+# Helpers the test files share (each was once copied into several of them).
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """The command's result, after asserting it exited 0 (its output in the failure message)."""
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    return result
+
+
+def live(sb) -> bytes:
+    """The live lbsplit.conf's bytes."""
+    return (sb.output_dir / "lbsplit.conf").read_bytes()
+
+
+def state(sb) -> dict:
+    """state_dir/state.json as data."""
+    return json.loads((sb.state_dir / "state.json").read_text())
+
+
+def share(sb, ids: list[str]) -> float:
+    """The share of real requests for `ids` that nginx sends to v2."""
+    variants = sb.variants(ids)
+    return variants.count("v2") / len(variants)
 
 
 def run_cli(config: Path | None, *args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:

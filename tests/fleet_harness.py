@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_cli
-from lbsplit.demo.sandbox import EtcdProcess, Sandbox, fleet_section, pipelined_variants
+from lbsplit.config import load
+from lbsplit.demo.sandbox import Sandbox
+from lbsplit.rollout import transaction
+from harness import EtcdProcess, fleet_section, pipelined_variants
 
 IDS = [f"user-{i}" for i in range(2000)] + ["test_user_001"]
 TTL = 3
@@ -35,9 +38,12 @@ class Fleet:
                       for i in range(size)]
         self.agents: dict[int, subprocess.Popen] = {}
         try:
-            for i, sb in enumerate(self.boxes):
+            for i in range(size):
                 self.configure(i)
-                assert run_cli(sb.config_path, "init").returncode == 0
+            for sb in self.boxes:
+                # `lbsplit init` in-process, as the sandbox fixture does: the library call the command makes,
+                # without three Python start-ups per fleet test (the fleet's agents run the real command).
+                assert transaction.init(load(sb.config_path)).changed
                 sb.start()
         except BaseException:
             self.stop()  # the load balancers already started must not outlive a failed set-up
@@ -52,11 +58,29 @@ class Fleet:
         text += fleet_section(getattr(self.etcd, "urls", None) or self.etcd.url, self.prefix, f"lb-{i}", ttl=TTL) + health
         sb.config_path.write_text(text)
 
-    def start_agent(self, i: int) -> None:
+    def start_agent(self, i: int, wait: bool = True) -> None:
         log = open(self.boxes[i].root / "agent.log", "a")
         self.agents[i] = subprocess.Popen([sys.executable, "-m", "lbsplit", "--config", str(self.boxes[i].config_path),
                                            "agent"], stdout=log, stderr=log)
-        self.wait(lambda: self.host(i) is not None and self.host(i)["alive"], f"agent lb-{i} registered")
+        if wait:
+            self.wait_registered([i])
+
+    def wait_registered(self, hosts: list[int]) -> None:
+        """Until each of these hosts is a reachable member, read from etcd in this process (asking
+        `lbsplit status` each time would start a Python process per look)."""
+        from lbsplit.fleet.commands import members
+        from lbsplit.fleet.store import Etcd, StoreUnavailable
+
+        store = Etcd(tuple(getattr(self.etcd, "urls", None) or [self.etcd.url]), timeout=2)
+        wanted = {f"lb-{i}" for i in hosts}
+
+        def reachable() -> bool:
+            try:
+                return wanted <= {m.name for m in members(store, self.prefix) if m.reachable}
+            except StoreUnavailable:
+                return False
+
+        self.wait(reachable, f"agents {sorted(wanted)} registered")
 
     def kill_agent(self, i: int, sig=signal.SIGKILL) -> None:
         proc = self.agents.pop(i)
@@ -108,7 +132,8 @@ def fleet(tmp_path, etcd, nginx_bin, request):
     f = Fleet(tmp_path, etcd, nginx_bin, f"/lbsplit/{request.node.name.replace('[', '-').replace(']', '')[:60]}")
     try:
         for i in range(3):
-            f.start_agent(i)
+            f.start_agent(i, wait=False)  # all three register at once
+        f.wait_registered([0, 1, 2])
         yield f
     finally:
         f.stop()
@@ -148,7 +173,7 @@ class EtcdCluster:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def start(self, timeout: float = 30) -> None:
-        from lbsplit.demo.sandbox import etcd_ready
+        from harness import etcd_ready
         from lbsplit.fleet.store import Etcd
 
         for name in self.names:

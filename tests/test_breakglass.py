@@ -13,17 +13,12 @@ import time
 
 import pytest
 
-from conftest import run_cli
+from conftest import live, ok, run_cli, share
 from fakes import HealthEndpoint
 from lbsplit.nginx.process import parent_pid
 from lbsplit.rollout.files import Lock
 
 IDS = [f"user-{i}" for i in range(300)]
-
-
-def ok(result):
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def one_line(result, code):
@@ -33,16 +28,8 @@ def one_line(result, code):
     return result.stderr
 
 
-def live(sb) -> bytes:
-    return (sb.output_dir / "lbsplit.conf").read_bytes()
-
-
 def served(sb) -> dict:
     return json.loads(run_cli(sb.config_path, "status", "--json").stdout)
-
-
-def v2_share(sb) -> float:
-    return sb.variants(IDS).count("v2") / len(IDS)
 
 
 def restart_front(sb, conf_text: str) -> None:
@@ -59,9 +46,9 @@ def test_a_pid_directive_in_an_included_file_still_reloads_the_running_nginx(san
     restart_front(sandbox, conf.replace(pid_line, f"include {sandbox.front.prefix}/pid.conf;"))
     result = ok(run_cli(sandbox.config_path, "apply", "20"))
     assert "nginx serves generation" in result.stdout
-    assert 0.1 < v2_share(sandbox) < 0.3
+    assert 0.1 < share(sandbox, IDS) < 0.3
     ok(run_cli(sandbox.config_path, "revert"))
-    assert v2_share(sandbox) == 0 and served(sandbox)["serving"] is True
+    assert share(sandbox, IDS) == 0 and served(sandbox)["serving"] is True
 
 
 # 1. Orphaned workers (the master was killed) still serve: revert fails loudly, never "not running".
@@ -77,7 +64,7 @@ def test_orphaned_workers_serving_make_revert_fail_loudly(sandbox):
         result = run_cli(sandbox.config_path, "revert")
         err = one_line(result, 6)
         assert "cannot find its master" in err and "nginx.pid_file" in err
-        assert v2_share(sandbox) > 0.1  # exit 6 told the truth: users are still on v2
+        assert share(sandbox, IDS) > 0.1  # exit 6 told the truth: users are still on v2
     finally:
         for pid in workers:  # end the workers this test orphaned, by their pids
             try:
@@ -95,7 +82,7 @@ def test_a_pid_file_naming_another_nginx_master_never_signals_it(sandbox):
     sandbox.config_path.write_text(sandbox.config_path.read_text().replace(
         "verify_timeout = 20", f'verify_timeout = 20\npid_file = "{wrong}"'))
     ok(run_cli(sandbox.config_path, "apply", "30"))
-    assert 0.2 < v2_share(sandbox) < 0.4  # the front nginx, found through its status page, was reloaded
+    assert 0.2 < share(sandbox, IDS) < 0.4  # the front nginx, found through its status page, was reloaded
     now = {int(p) for p in os.listdir("/proc") if p.isdigit() and parent_pid(int(p)) == other}
     assert now == other_workers  # a SIGHUP would have replaced the backends' workers
 
@@ -201,7 +188,7 @@ def test_damaged_state_files_never_block_revert(sandbox, name, content):
         err = one_line(run_cli(sandbox.config_path, "repair"), 7)
         assert name in err and "damaged" in err
     ok(run_cli(sandbox.config_path, "revert"))
-    assert v2_share(sandbox) == 0
+    assert share(sandbox, IDS) == 0
     assert ok(run_cli(sandbox.config_path, "status")) and served(sandbox)["serving"] is True
 
 
@@ -214,7 +201,7 @@ def test_a_damaged_watchdog_state_never_blocks_the_watchdogs_revert(sandbox):
         (sandbox.state_dir / "watchdog.json").write_bytes(b"[" * 100000)
         endpoint.mode = "status:500"
         assert run_cli(sandbox.config_path, "watchdog", "--once").returncode == 10
-        assert v2_share(sandbox) == 0
+        assert share(sandbox, IDS) == 0
     finally:
         endpoint.close()
 
@@ -232,7 +219,7 @@ def test_nonsense_from_the_endpoint_is_a_failed_check_and_reverts(sandbox, body)
         endpoint.mode = "raw:" + body.decode()
         result = run_cli(sandbox.config_path, "watchdog", "--once")
         assert result.returncode == 10, result.stderr
-        assert "Traceback" not in result.stderr and v2_share(sandbox) == 0
+        assert "Traceback" not in result.stderr and share(sandbox, IDS) == 0
     finally:
         endpoint.close()
 
@@ -384,7 +371,7 @@ def test_the_gate_guards_turning_v2_on_after_a_revert(sandbox):
         before = live(sandbox)
         result = run_cli(sandbox.config_path, "apply", "100")
         assert result.returncode == 8 and "refusing to widen v2 from off to 100%" in result.stderr
-        assert live(sandbox) == before and v2_share(sandbox) == 0
+        assert live(sandbox) == before and share(sandbox, IDS) == 0
     finally:
         endpoint.close()
 
@@ -453,7 +440,7 @@ def test_a_state_dir_with_no_room_left_still_reverts_and_says_what_it_did_not_re
     and its generation number is never handed out again. Both runtimes (the lua one with no reload)."""
     from conftest import REPO
     from lbsplit.demo.sandbox import Sandbox
-    from lbsplit.rollout.transaction import lua_modules
+    from lbsplit.nginx.process import lua_modules
 
     if runtime == "lua" and not lua_modules():
         pytest.fail("Debian's libnginx-mod-http-lua is not installed; `make test` installs it")

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import live, REPO, run_cli, state
 from lbsplit.demo.sandbox import Sandbox
 from lbsplit.rollout.transaction import FAILPOINT_ENV, STEPS
 
@@ -57,14 +57,6 @@ def sb(tmp_path_factory, nginx_bin):
     assert run_cli(box.config_path, "apply", "10").returncode == 0
     yield box
     box.stop()
-
-
-def live(sb) -> bytes:
-    return (sb.output_dir / "lbsplit.conf").read_bytes()
-
-
-def state(sb) -> dict:
-    return json.loads((sb.state_dir / "state.json").read_text())
 
 
 def history(sb) -> list[dict]:

@@ -18,17 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import end, run_cli
+from conftest import end, run_cli, share
 from lbsplit.demo.sandbox import free_port
 from lbsplit.watch import memory
 from lbsplit.web import page
 
 IDS = [f"user-{i}" for i in range(300)]
-
-
-def share_v2(sb) -> float:
-    variants = sb.variants(IDS)
-    return variants.count("v2") / len(variants)
 
 
 class DashboardProcess:
@@ -126,7 +121,7 @@ def test_every_change_is_refused_while_read_only(at_30, board):
             assert headers.get("Allow") == "GET, HEAD" and "read-only" in body
     after = json.loads(board.request("GET", "/api/status")[1])
     assert (after["generation"], after["percent"]) == (generation, 30)
-    assert 0.2 < share_v2(at_30) < 0.4  # real requests: still about 30% on v2
+    assert 0.2 < share(at_30, IDS) < 0.4  # real requests: still about 30% on v2
 
 
 def chromium() -> str:
@@ -189,12 +184,12 @@ def test_with_actions_a_wrong_token_is_refused_and_the_revert_button_reverts(at_
         form = {"Content-Type": "application/x-www-form-urlencoded"}
         code, _, _ = d.request("POST", "/api/revert", body="token=wrong&reason=x", headers=form)
         assert code == 403
-        assert 0.2 < share_v2(at_30) < 0.4
+        assert 0.2 < share(at_30, IDS) < 0.4
         code, body, _ = d.request("POST", "/api/revert", body="token=s3cret-token-0123456789&reason=test+button",
                                   headers={**form, "Accept": "application/json"})
         answer = json.loads(body)
         assert code == 200 and answer["exit_code"] == 0, answer
-        assert share_v2(at_30) == 0  # every real request on v1
+        assert share(at_30, IDS) == 0  # every real request on v1
         last = json.loads(run_cli(at_30.config_path, "history", "--json").stdout.splitlines()[-1])
         assert last["command"] == "revert" and last["reason"] == "dashboard (127.0.0.1): test button"
         status = json.loads(d.request("GET", "/api/status")[1])

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from lbsplit.errors import EnvironmentProblem, LockBusy
-from lbsplit.rollout.files import TEMP_PREFIX, Lock, atomic_write
+from lbsplit.rollout.files import TEMP_PREFIX, Lock, atomic_write, yields_to_revert
 
 
 def test_atomic_write_replaces_and_leaves_no_temp_file(tmp_path):
@@ -49,6 +49,30 @@ def test_lock_is_taken_once_the_holder_lets_go(tmp_path):
     threading.Timer(0.2, first.release).start()
     with Lock(path, 5, "second"):
         assert "second" in path.read_text()
+
+
+@pytest.mark.parametrize("purpose, yields", [
+    ("apply 30", True), ("promote 50", True), ("auto-promote 30", True), ("watchdog step back to 10", True),
+    ("check", True), ("init", True), ("repair", True),
+    ("revert", False), ("watchdog", False), ("watchdog revert", False), ("fleet apply 30", False),
+    ("fleet revert", False),
+])
+def test_a_revert_ends_only_holders_that_are_not_reverts_themselves(purpose, yields):
+    assert yields_to_revert(f"pid 123 ({purpose})") is yields
+
+
+def test_a_holder_that_cannot_be_named_is_waited_for():
+    assert not yields_to_revert("another lbsplit command")
+    assert not yields_to_revert("pid 123")
+
+
+def test_rename_says_what_the_holder_does_now(tmp_path):
+    path = tmp_path / "lock"
+    with Lock(path, 0, "watchdog") as lock:
+        assert not yields_to_revert(lock.holder())
+        lock.rename("watchdog step back to 10")
+        assert lock.holder() == f"pid {os.getpid()} (watchdog step back to 10)"
+        assert yields_to_revert(lock.holder())
 
 
 def test_link_or_copy_onto_an_existing_link_leaves_no_temp_file(tmp_path):

@@ -14,7 +14,8 @@ import time
 
 from fleet_harness import HEALTH, IDS, TTL, etcd, fleet, percent_of  # noqa: F401 - fixtures
 from fleet_harness import Fleet
-from lbsplit.demo.sandbox import free_port, pipelined_variants
+from lbsplit.demo.sandbox import free_port
+from harness import pipelined_variants
 from lbsplit.fleet.store import Etcd
 
 
@@ -58,6 +59,26 @@ def test_hosts_that_split_users_differently_are_refused_before_anything_changes(
     assert result.returncode == 2, result.stdout + result.stderr
     assert "do not split users alike" in result.stderr and "lb-1" in result.stderr
     assert [fleet.served(i)["v2"] for i in range(3)] == [False] * 3
+
+
+def test_an_agents_first_report_already_says_how_its_host_splits_users(fleet):
+    # An apply right after an agent starts reads its first report: one without the digest was refused as
+    # "the hosts do not split users alike (lb-2: ; ...)" (seen in a full run).
+    from lbsplit.fleet.protocol import Report, host_key
+
+    store = Etcd((fleet.etcd.url,), timeout=2)
+    digest = Report.loads(store.get(host_key(fleet.prefix, "lb-0")).value).digest
+    assert len(digest) == 16
+    fleet.kill_agent(2, signal.SIGTERM)
+    store.delete(host_key(fleet.prefix, "lb-2"))
+    fleet.start_agent(2, wait=False)
+    deadline = time.monotonic() + 20
+    while (entry := store.get(host_key(fleet.prefix, "lb-2"))) is None:
+        assert time.monotonic() < deadline, "lb-2's agent never reported"
+        time.sleep(0.005)
+    assert Report.loads(entry.value).digest == digest
+    fleet.wait_registered([2])
+    assert fleet.cli(0, "apply", "10").returncode == 0
 
 
 def test_a_dead_agent_is_an_unreachable_member_apply_refuses_and_it_converges_when_back(fleet):
@@ -259,7 +280,8 @@ def test_a_fleet_in_the_lua_runtime_changes_percent_without_reloads(tmp_path, et
         for i, sb in enumerate(f.boxes):
             sb.runtime = "lua"
             f.configure(i)
-            f.start_agent(i)
+            f.start_agent(i, wait=False)
+        f.wait_registered([0, 1, 2])
         assert f.cli(0, "apply", "10").returncode == 0  # v2 comes in: a reload everywhere
         workers = [Nginx(load(sb.config_path).nginx).worker_pids(sb.front.pid()) for sb in f.boxes]
         for args, expected in ((("apply", "30"), 30), (("revert",), None), (("apply", "50", "--force"), 50)):

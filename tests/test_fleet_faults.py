@@ -80,9 +80,11 @@ def test_an_agent_frozen_or_killed_during_the_commit_fails_the_change_and_the_fl
     fleet.configure(2, health=f'\n[hooks]\npre_promote = ["sleep", "{TTL:g}"]\n')  # lb-2 busy when frozen
     store = Etcd((fleet.etcd.url,), timeout=2)
     proc = lbsplit(fleet, 0, "apply", "50")
-    fleet.wait(lambda: json.loads(store.get(f"{fleet.prefix}/desired").value)["phase"] == "committed"
-               and json.loads(store.get(f"{fleet.prefix}/desired").value)["stage"]["hundredths"] == 5000,
-               "the change is committed")
+    def committed_50() -> bool:  # one read: two could see the old commit and then the new proposal
+        desired = json.loads(store.get(f"{fleet.prefix}/desired").value)
+        return desired["phase"] == "committed" and desired["stage"]["hundredths"] == 5000
+
+    fleet.wait(committed_50, "the change is committed")
     fleet.agents[2].send_signal(sig)
     try:
         code, err = proc.wait(timeout=120), proc.stderr.read()
@@ -236,7 +238,8 @@ def test_a_3_member_etcd_cluster_loses_one_member_mid_change_and_then_its_quorum
     try:
         f = Fleet(tmp_path, cluster, nginx_bin, "/lbsplit/cluster")
         for i in range(3):
-            f.start_agent(i)
+            f.start_agent(i, wait=False)
+        f.wait_registered([0, 1, 2])
         assert f.cli(0, "apply", "10").returncode == 0
         proc = lbsplit(f, 0, "apply", "30", env={"LBSPLIT_FAILPOINT": f"after-propose:wait={tmp_path / 'go'}"})
         f.wait(lambda: len(list(tmp_path.glob("go.*"))) == 1, "the change is proposed")

@@ -127,7 +127,7 @@ def test_a_watch_yields_when_the_key_changes_and_stops_on_request(etcd):
 def test_user_and_password_authenticate_and_nothing_works_without_them(tmp_path):
     import requests
 
-    from lbsplit.demo.sandbox import EtcdProcess
+    from harness import EtcdProcess
 
     server = EtcdProcess(tmp_path)
     server.start()
@@ -154,7 +154,7 @@ def test_tls_with_a_client_certificate_works_and_nothing_less_does(tmp_path, mon
     # etcd serving https only and requiring a client certificate signed by its CA, as a
     # [fleet] section with ca_file, cert_file and key_file describes it.
     from lbsplit.config import load
-    from lbsplit.demo.sandbox import EtcdProcess, TlsFiles
+    from harness import EtcdProcess, TlsFiles
 
     tls = TlsFiles(tmp_path)
     # Many hosts set these for every tool; requests would let them replace a Session's own CA.
@@ -211,7 +211,7 @@ key_file = "{tls.client_key}"
 def test_a_kept_alive_connection_etcd_dropped_is_replaced_without_an_error(tmp_path):
     # The store keeps one connection per endpoint; etcd restarting (same port) leaves it dead.
     # The next call notices the stale connection, opens a new one and succeeds.
-    from lbsplit.demo.sandbox import EtcdProcess
+    from harness import EtcdProcess
 
     server = EtcdProcess(tmp_path)
     server.start()

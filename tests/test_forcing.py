@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO, run_cli
 from lbsplit.demo.sandbox import Sandbox
-from lbsplit.rollout.transaction import lua_modules
+from lbsplit.nginx.process import lua_modules
 
 HEADER, COOKIE = "X-Lbsplit-Variant", "lbsplit_variant"
 WHITELIST = ["test_user_001", "internal_staff_001"]

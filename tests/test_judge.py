@@ -1,24 +1,19 @@
-"""The judge never raises and never passes nonsense; the watchdog runner's clocks, alarms and a gzip bomb."""
+"""The judge's pure decisions: every answer gives a verdict, never a crash or a passed nonsense value;
+thresholds, no-data policy, consecutive failures, breach targets, cron spacing, the soak clock."""
 
-import gzip
 import json
 import math
-import subprocess
-import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
-from lbsplit.config import DEFAULT_THRESHOLDS
-from lbsplit.errors import ExitCode
-from lbsplit.model import METRICS, RATE_METRICS, NoData, Outcome
-from lbsplit.rollout.files import Lock
-from lbsplit.watch.judge import evaluate
-from lbsplit.watch.memory import load_state
+from fakes import HEALTHY
+from lbsplit.model import DEFAULT_LEVELS, DEFAULT_THRESHOLDS, Level, METRICS, NoData, OnBreach, Outcome, RATE_METRICS, Stage
+from lbsplit.watch.judge import breach_target, Check, cron_checks, decide, ENDPOINT, evaluate, extract, Missing, Reading
+
 
 FIELDS = {m: m for m in METRICS}
-T10 = DEFAULT_THRESHOLDS[0]
+
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(10**400), max_value=10**400)
@@ -26,6 +21,8 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
     max_leaves=20,
 )
+
+
 payloads = st.one_of(
     json_values,
     st.fixed_dictionaries({m: json_values for m in METRICS}),
@@ -54,116 +51,102 @@ def test_deep_nesting_and_huge_numbers_from_the_wire_are_no_data():
     assert "too large" in check.missing[0].why
 
 
-# ---- the runner in-process: a written state at 10%, a fake probe; nothing here reverts
-def runner(tmp_path, probe, clock, sleep, monotonic=None, notify=None):
-    from lbsplit.config import load
-    from lbsplit.rollout.state import State, StateStore
-    from lbsplit.watch.watchdog import Watchdog
-
-    config = tmp_path / "lbsplit.toml"
-    config.write_text('state_dir = "state"\n[upstreams]\nv1 = ["127.0.0.1:1"]\nv2 = ["127.0.0.1:2"]\n'
-                      '[health]\nurl = "http://127.0.0.1:1/h"\n[notify]\nwebhook = "http://127.0.0.1:1/hook"\n')
-    s = load(config)
-    store = StateStore(s.state_dir)
-    store.ensure()
-    store.write_state(State(generation=2, v2_enabled=True, hundredths=1000, mode="hash", applied_at="t",
-                            applied_by="u", command="apply 10", sha256="x", reloaded=True))
-    sent = []
-    wd = Watchdog(s, s.health, probe=probe, clock=clock, sleep=sleep, monotonic=monotonic,
-                  notify=notify or (lambda url, body, timeout: sent.append(body)), echo=lambda m: None)
-    return wd, store, sent
+T10, T30, T100 = DEFAULT_THRESHOLDS
 
 
-def healthy_probe(url, timeout, headers):
-    from lbsplit.watch.endpoint import Sample
-
-    return Sample(0.0, {"error_rate": 0, "timeout_rate": 0, "dead_letter_growth": 0, "avg_response_time": 1}, None)
+def judged(payload=None, error=None, thresholds=T10, no_data=NoData.FAIL):
+    return evaluate(payload, error, thresholds, FIELDS, no_data)
 
 
-def test_a_lock_held_past_the_stage_interval_is_an_act_now_alarm(tmp_path):
-    t = [1_800_000_000.0]
-    wd, store, sent = runner(tmp_path, healthy_probe, clock=lambda: t[0], sleep=lambda s: None)
-    with Lock(store.lock_path, 0, "a stopped apply"):
-        assert wd.run("once") == ExitCode.OK  # held for a moment: skipped, no alarm
-        t[0] += 61
-        assert wd.run("once") == ExitCode.WATCHDOG_ACT_NOW
-        t[0] += 60
-        assert wd.run("once") == ExitCode.WATCHDOG_ACT_NOW
-    assert [b["event"] for b in sent] == ["stuck"]  # one webhook, not one a minute
-    assert "a stopped apply" in sent[0]["holder"]
-    assert "ACT NOW" in (store.dir / "watchdog.log").read_text()
-    assert wd.run("once") == ExitCode.OK  # the lock is free again: back to normal
-    assert load_state(store.watchdog_path).busy_since is None
+def test_default_thresholds_are_the_plans_table():
+    assert [(t.up_to_hundredths, t.error_rate, t.timeout_rate, t.dead_letter_growth, t.avg_response_time,
+             t.check_every, t.alert_cooldown, t.window) for t in DEFAULT_THRESHOLDS] == [
+        (1000, 0.05, 0.02, 10, 30, 60, 300, 300),
+        (3000, 0.04, 0.015, 8, 25, 30, 120, 60),
+        (10000, 0.03, 0.01, 5, 20, 15, 60, 30),
+    ]
 
 
-def test_a_backwards_clock_jump_never_makes_a_cron_run_sleep_long(tmp_path):
-    wall = [1_800_000_000.0]
-    mono = [100.0]
-    slept = []
-
-    def sleep(seconds):
-        slept.append(seconds)
-        mono[0] += seconds
-        wall[0] += seconds - 3600  # the wall clock jumps back an hour during the run
-
-    wd, store, _ = runner(tmp_path, healthy_probe, clock=lambda: wall[0], sleep=sleep, monotonic=lambda: mono[0])
-    assert wd.run("cron") == ExitCode.OK
-    assert sum(slept) < 60 and slept == []  # at 10% one check a minute: no sleep at all
-    store.write_state(store.read_state().__class__(**{**store.read_state().__dict__, "hundredths": 10000}))
-    slept.clear()
-    assert wd.run("cron") == ExitCode.OK
-    assert slept == [15, 15, 15]  # four checks 15 s apart by the monotonic clock
+@pytest.mark.parametrize("metric, value, thresholds", [
+    ("error_rate", 0.051, T10), ("timeout_rate", 0.021, T10), ("dead_letter_growth", 11, T10),
+    ("avg_response_time", 31, T10), ("error_rate", 0.041, T30), ("avg_response_time", 20.5, T100),
+])
+def test_each_metric_over_its_threshold_fails_at_its_level(metric, value, thresholds):
+    check = judged({**HEALTHY, metric: value}, thresholds=thresholds)
+    level = DEFAULT_LEVELS[metric]  # the plan: error and timeout rates P1, dead letters and latency P2
+    assert check.outcome == (Outcome.FAIL if level == Level.P1 else Outcome.ALERT)
+    assert check.breaches == (Reading(metric, value, thresholds.limit(metric), ENDPOINT, ok=False, level=level),)
+    suffix = "" if level == Level.P1 else f" [{level}]"
+    assert check.summary() == f"{metric} {value:.4g} > {thresholds.limit(metric):.4g}{suffix}"
 
 
-def test_an_unwritable_watchdog_log_and_textfile_never_stop_a_check(tmp_path):
-    wd, store, _ = runner(tmp_path, healthy_probe, clock=lambda: 1_800_000_000.0, sleep=lambda s: None)
-    (tmp_path / "not-a-dir").write_text("")
-    object.__setattr__(wd.health, "log", tmp_path / "not-a-dir" / "watchdog.log")
-    object.__setattr__(wd.health, "prometheus_textfile", tmp_path / "missing" / "lbsplit.prom")
-    assert wd.run("once") == ExitCode.OK
-    assert load_state(store.watchdog_path).last_outcome == Outcome.PASS
+def test_healthy_passes_and_the_threshold_itself_is_allowed():
+    check = judged(HEALTHY, thresholds=T100)
+    assert check.outcome == Outcome.PASS and check.breaches == () and len(check.readings) == len(METRICS)
+    assert judged({**HEALTHY, "error_rate": 0.05}).outcome == Outcome.PASS
 
 
-class _Bomb(BaseHTTPRequestHandler):
-    body = gzip.compress(b"\0" * (200 << 20), compresslevel=9)  # 200 MiB of zeros in ~200 KiB
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Encoding", "gzip")
-        self.send_header("Content-Length", str(len(self.body)))
-        self.end_headers()
-        try:
-            self.wfile.write(self.body)
-        except OSError:
-            pass
+def test_no_data_policy_decides_unreachable_and_missing():
+    for payload, error in ((None, "connection refused"), ({k: v for k, v in HEALTHY.items() if k != "error_rate"}, None)):
+        assert judged(payload, error).outcome == Outcome.FAIL
+        ignored = judged(payload, error, no_data=NoData.IGNORE)
+        assert ignored.outcome == Outcome.NO_DATA and ignored.missing and ignored.policy == NoData.IGNORE
+    assert judged(None, "connection refused").missing == (Missing(ENDPOINT, "connection refused"),)
 
 
-def test_a_gzip_bomb_is_cut_off_at_the_cap_of_decoded_bytes():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Bomb)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        # VmHWM: this process's own peak (ru_maxrss would include the parent's at fork time)
-        code = ("import re; from lbsplit.watch.endpoint import probe; "
-                f"s = probe('http://127.0.0.1:{server.server_address[1]}/h', 10, {{}}); "
-                "print(s.error); print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-        error, rss_kib = out.stdout.split("\n")[:2]
-        assert error == "answer larger than 1048576 bytes", out.stderr
-        assert int(rss_kib) < 100 * 1024  # KiB: far below the 200 MiB the answer unpacks to
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_a_breach_fails_even_when_no_data_is_ignored():
+    assert judged({"error_rate": 0.5}, no_data=NoData.IGNORE).outcome == Outcome.FAIL
 
 
-def test_a_watchdog_at_a_terminal_prints_every_check_and_why_it_skips(tmp_path):
-    lines = []
-    wd, store, _ = runner(tmp_path, healthy_probe, clock=lambda: 1_800_000_000.0, sleep=lambda s: None)
-    wd.chatty, wd.echo = True, lines.append
-    assert wd.run("once") == ExitCode.OK
-    assert len(lines) == 1 and "check=PASS" in lines[0]
-    with Lock(store.lock_path, 0, "an apply"):
-        assert wd.run("once") == ExitCode.OK
-    assert lines[-1].startswith("check skipped: pid") and "an apply" in lines[-1]
+def test_extract_top_level_nested_and_dotted_paths():
+    assert extract({"metrics": HEALTHY}, FIELDS) == HEALTHY
+    fields = dict(FIELDS, error_rate="stats.errors.ratio")
+    got = extract({**HEALTHY, "stats": {"errors": {"ratio": 0.2}}}, fields)
+    assert got["error_rate"] == 0.2
+    assert extract([1, 2], FIELDS) == {m: None for m in METRICS}
+    check = judged({**HEALTHY, "error_rate": "high", "timeout_rate": True})
+    assert check.metrics["error_rate"] is None and check.metrics["timeout_rate"] is None
+    assert {m.metric for m in check.missing} == {"error_rate", "timeout_rate"}
+
+
+def test_decide_counts_consecutive_failures_and_resets_on_pass():
+    fail = Check(Outcome.FAIL, (Reading("error_rate", 0.5, 0.05, ENDPOINT, ok=False),), (), {}, NoData.FAIL)
+    ok = Check(Outcome.PASS, (), (), {}, NoData.FAIL)
+    ignored = Check(Outcome.NO_DATA, (), (Missing(ENDPOINT, "HTTP 500"),), {}, NoData.IGNORE)
+    v = decide(0, fail, 3)
+    assert v.consecutive == 1 and not v.revert
+    assert decide(1, fail, 3).revert is False
+    assert decide(2, fail, 3).revert is True
+    assert decide(2, ok, 3).consecutive == 0
+    assert decide(2, ignored, 3).consecutive == 2 and not decide(2, ignored, 3).revert
+
+
+def test_breach_target():
+    assert breach_target(Stage.at(3000), (1000, 3000, 10000), OnBreach.REVERT) == Stage.off()
+    assert breach_target(Stage.at(3000), (1000, 3000, 10000), OnBreach.PREVIOUS) == Stage.at(1000)
+    assert breach_target(Stage.at(1000), (1000, 3000, 10000), OnBreach.PREVIOUS) == Stage.off()
+    assert breach_target(Stage.at(5000), (), OnBreach.PREVIOUS) == Stage.off()
+
+
+@pytest.mark.parametrize("every, checks", [(60, 1), (30, 2), (15, 4), (20, 3), (25, 3), (90, 1)])
+def test_cron_runs_fit_in_one_minute(every, checks):
+    assert cron_checks(every) == checks
+
+
+def test_the_soak_clock_adds_only_clean_watched_intervals():
+    from lbsplit.model import Outcome
+    from lbsplit.watch.judge import WATCH_GAP, watched
+
+    t0 = 1_000_000.0
+    state = watched(7, t0 - 30, Outcome.PASS, t0, 60, (None, 0.0, None))
+    assert state == (7, 30.0, t0)  # a first check within an interval of the apply counts from the apply
+    state = watched(7, t0 - 30, Outcome.PASS, t0 + 60, 60, state)
+    assert state[1] == 90.0
+    state = watched(7, t0 - 30, Outcome.NO_DATA, t0 + 120, 60, state)
+    assert state[1] == 90.0  # a check that could not judge adds nothing
+    state = watched(7, t0 - 30, Outcome.PASS, t0 + 120 + WATCH_GAP * 60 + 1, 60, state)
+    assert state[1] == 90.0  # after a gap of more than WATCH_GAP intervals nobody was watching
+    state = watched(7, t0 - 30, Outcome.PASS, t0 + 400, 60, state)
+    assert state[1] > 90.0
+    assert watched(7, t0 - 30, Outcome.ALERT, t0 + 460, 60, state)[1] == 0.0  # a P2 breach starts it again
+    assert watched(8, t0 + 500, Outcome.PASS, t0 + 505, 60, state)[1] == 5.0  # a new generation starts afresh

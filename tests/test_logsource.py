@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from lbsplit.config import DEFAULT_THRESHOLDS, HealthSettings
+from lbsplit.config import HealthSettings
 from lbsplit.watch.logsource import EDGES, Cursor, VariantStats, Window, read_appended as _read_appended, read_window
 
 
@@ -13,7 +13,7 @@ def read_appended(path, cursor):
     texts = []
     cursor, notes = _read_appended(path, cursor, texts.append)
     return texts, cursor, notes
-from lbsplit.model import NoData, Outcome
+from lbsplit.model import DEFAULT_THRESHOLDS, NoData, Outcome
 from lbsplit.watch.judge import LOG, Check, combine, decide, evaluate_log
 
 T10, T30, T100 = DEFAULT_THRESHOLDS

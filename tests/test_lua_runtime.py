@@ -17,15 +17,17 @@ import time
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import live, REPO, run_cli, state
 from lbsplit.config import load
-from lbsplit.demo.sandbox import Sandbox, free_port, pipelined_variants
+from lbsplit.demo.sandbox import Sandbox, free_port
+from harness import pipelined_variants
 from lbsplit.model import Mode, Stage
 from lbsplit.nginx.dialect import CONTROL_PATH, TOKEN_HEADER, live_stage
 from lbsplit.nginx.process import Nginx
 from lbsplit.nginx.route import explain, folded_keys
 from lbsplit.rollout.state import StateStore
-from lbsplit.rollout.transaction import FAILPOINT_ENV, LUA_STEPS, lua_modules
+from lbsplit.nginx.process import lua_modules
+from lbsplit.rollout.transaction import FAILPOINT_ENV, LUA_STEPS
 
 WHITELIST = ["test_user_001", "Internal_Staff_001"]
 IDS = [f"user-{i}" for i in range(2000)] + WHITELIST + ["TEST_USER_001"]
@@ -60,14 +62,6 @@ def workers(sb: Sandbox) -> set[int]:
 
 def answer(sb: Sandbox) -> dict:
     return Nginx(load(sb.config_path).nginx).serving()
-
-
-def state(sb: Sandbox) -> dict:
-    return json.loads((sb.state_dir / "state.json").read_text())
-
-
-def live(sb: Sandbox) -> bytes:
-    return (sb.output_dir / "lbsplit.conf").read_bytes()
 
 
 def served(sb: Sandbox, ids=IDS) -> list[str]:

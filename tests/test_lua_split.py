@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from lbsplit import resources
-from lbsplit.demo.sandbox import NginxProcess, free_port, pipelined_variants
+from lbsplit.demo.sandbox import NginxProcess, free_port
+from harness import pipelined_variants
 from lbsplit.nginx.hashing import murmur2
 
 MODULES = Path("/usr/lib/nginx/modules")

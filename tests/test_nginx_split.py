@@ -4,7 +4,7 @@ import json
 
 
 from conftest import run_cli
-from lbsplit.demo.sandbox import pipelined_variants
+from harness import pipelined_variants
 
 IDS = [f"user-{i}" for i in range(3000)]
 WHITELIST = ["test_user_001", "test_user_002", "internal_staff_001"]

@@ -28,6 +28,34 @@ def test_the_json_format_carries_the_details():
     assert sent["host"] and sent["time"]
 
 
+def test_one_webhook_gets_its_events_in_the_order_they_were_sent():
+    # Background sends run in threads: a later event that posts faster must not overtake an earlier one
+    # ("release_complete" arrived before "recovery" in a full run).
+    import random
+    import threading
+    import time
+
+    from lbsplit.config.settings import NotifySettings, Webhook
+    from lbsplit.watch import notify
+
+    received, guard = [], threading.Lock()
+
+    def post(url, data, timeout):
+        time.sleep(random.uniform(0, 0.05))
+        with guard:
+            received.append((url, data["event"]))
+        return None
+
+    hooks = (Webhook(url="http://127.0.0.1:9/a", format=Format.JSON), Webhook(url="http://127.0.0.1:9/b", format=Format.JSON))
+    settings = type("S", (), {"notify": NotifySettings(webhooks=hooks, timeout=2)})()
+    events = [f"event-{i}" for i in range(12)]
+    for event in events:
+        notify.send(settings, event, Level.P1, event, post=post, background=True)
+    assert notify.drain(10) == []
+    for url in ("http://127.0.0.1:9/a", "http://127.0.0.1:9/b"):
+        assert [e for u, e in received if u == url] == events
+
+
 def test_every_event_reaches_the_webhooks_that_want_it(sandbox):
     endpoint = HealthEndpoint()
     hooks = {fmt: WebhookReceiver() for fmt in ("json", "slack", "wecom", "dingtalk", "feishu")}

@@ -6,13 +6,9 @@ import subprocess
 import sys
 import time
 
-from conftest import run_cli
+from conftest import run_cli, share
 
 IDS = [f"user-{i}" for i in range(1000)] + ["test_user_001"]
-
-
-def share(sb) -> float:
-    return sb.variants(IDS).count("v2") / len(IDS)
 
 
 def start(sb, *args) -> subprocess.Popen:
@@ -41,14 +37,14 @@ def test_revert_ends_a_slow_apply_and_nothing_widens_after_it(sandbox):
     result = run_cli(sandbox.config_path, "revert", "--reason", "v2 misbehaves")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "preempted pid" in result.stdout and "apply 30" in result.stdout, result.stdout
-    assert share(sandbox) == 0.0
+    assert share(sandbox, IDS) == 0.0
     code, err = slow.wait(timeout=30), slow.stderr.read()
     assert code == 130, err  # its undo ran: the previous file was back before the revert replaced it
     # The waiting apply either took the lock first and was ended too (130), or took it after the revert
     # and refused to widen past it (5): never anything that widens.
     code, err = waiting.wait(timeout=60), waiting.stderr.read()
     assert (code, code == 5 and "landed while this command waited" in err or code == 130) in ((5, True), (130, True)), err
-    assert share(sandbox) == 0.0  # nobody widened after the revert
+    assert share(sandbox, IDS) == 0.0  # nobody widened after the revert
     assert run_cli(sandbox.config_path, "status").returncode == 0
 
 
@@ -63,7 +59,20 @@ def test_revert_never_ends_another_revert(sandbox):
         assert held.holder_pid() is not None
     code, out = proc.wait(timeout=60), proc.stdout.read()
     assert code == 0 and "preempted" not in out
-    assert share(sandbox) == 0.0
+    assert share(sandbox, IDS) == 0.0
+
+
+def test_revert_waits_for_the_watchdog_whose_revert_is_its_own(sandbox):
+    from lbsplit.rollout.files import Lock
+
+    assert run_cli(sandbox.config_path, "apply", "10").returncode == 0
+    with Lock(sandbox.state_dir / "lock", 0, "watchdog"):
+        proc = start(sandbox, "revert")
+        time.sleep(1.5)  # past PREEMPT_AFTER and both grace periods: still waiting, the holder alive
+        assert proc.poll() is None
+    code, out = proc.wait(timeout=60), proc.stdout.read()
+    assert code == 0 and "preempted" not in out, out
+    assert share(sandbox, IDS) == 0.0
 
 
 def test_revert_ends_by_asking_v1_through_nginx_and_only_warns_when_v1_fails(sandbox):
@@ -88,3 +97,4 @@ def json_stage(sb) -> bool:
     import json
 
     return json.loads(run_cli(sb.config_path, "status", "--json").stdout)["v2_enabled"]
+

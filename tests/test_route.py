@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli
 from lbsplit.nginx.hashing import in_v2_bucket, murmur2, v2_bound
 from lbsplit.model import Mode, Stage
-from lbsplit.demo.sandbox import pipelined_variants
+from harness import pipelined_variants
 from lbsplit.nginx.dialect import whitelist_ids
 from lbsplit.nginx.route import explain, folded_keys
 from lbsplit.validate import fold_case

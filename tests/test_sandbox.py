@@ -30,8 +30,23 @@ def test_a_port_another_server_holds_is_skipped(monkeypatch):
         port = next(p for p in range(PORT_FLOOR + 7000, PORT_FLOOR + 9000) if _binds(held, p))
         held.listen()
         picks = iter([port, port, *range(port + 1, port + 100)])
-        monkeypatch.setattr(sandbox, "_pick", type("Picks", (), {"randrange": lambda self, a, b: next(picks)})())
+        monkeypatch.setattr(sandbox, "_pick", type("Picks", (), {"randrange": lambda self, a, b, step=1: next(picks)})())
         assert port < free_port() < port + 100
+
+
+def test_processes_that_share_the_ports_never_pick_the_same_one(monkeypatch):
+    if _ephemeral_low() - PORT_FLOOR < 3000:
+        pytest.skip("this kernel's ephemeral range starts too low: free_port() lets the kernel pick")
+    monkeypatch.setattr(sandbox, "_share", sandbox._share)  # put back this worker's own share afterwards
+    monkeypatch.setattr(sandbox, "_handed_out", set())
+    picked = {}
+    for index in range(3):
+        sandbox.share_ports(index, 3)
+        picked[index] = {free_port() for _ in range(200)}
+        assert all(p % 3 == index and PORT_FLOOR <= p < _ephemeral_low() for p in picked[index])
+    assert len(picked[0] | picked[1] | picked[2]) == 600
+    with pytest.raises(ValueError):
+        sandbox.share_ports(3, 3)
 
 
 def _binds(sock: socket.socket, port: int) -> bool:

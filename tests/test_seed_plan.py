@@ -9,17 +9,12 @@ import datetime as dt
 import json
 import sys
 
-from conftest import run_cli
+from conftest import ok, run_cli
 from fakes import HEALTHY, HealthEndpoint, WebhookReceiver
 
 WHITELIST = ["test_user_001", "test_user_002", "internal_staff_001"]
 USERS = [f"user-{i}" for i in range(400)]
 FINAL = {"ai_failure_rate": 0.01, "db_error_rate": 0.001, "dead_letter_backlog": 0}
-
-
-def ok(result):
-    assert result.returncode == 0, (result.stdout, result.stderr)
-    return result
 
 
 def age(sb, hours):

@@ -6,8 +6,8 @@ import pytest
 
 from conftest import run_cli
 from fakes import HEALTHY, HealthEndpoint, WebhookReceiver
-from lbsplit.config import DEFAULT_THRESHOLDS, CustomMetric, load
-from lbsplit.model import METRICS, Bound, Level, NoData, Outcome
+from lbsplit.config import CustomMetric, load
+from lbsplit.model import DEFAULT_THRESHOLDS, METRICS, Bound, Level, NoData, Outcome
 from lbsplit.watch.judge import decide, evaluate
 
 FIELDS = {m: m for m in METRICS}

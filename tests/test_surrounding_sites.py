@@ -5,13 +5,9 @@ nginx -t on the site's whole config, and real requests land where each stage say
 import os
 import subprocess
 
-from conftest import run_cli
+from conftest import run_cli, share
 
 IDS = [f"user-{i}" for i in range(1000)]
-
-
-def share(sb) -> float:
-    return sb.variants(IDS).count("v2") / len(IDS)
 
 
 def test_a_site_logging_lbsplit_variables_and_naming_its_upstreams_survives_every_stage_and_revert(sandbox):
@@ -32,7 +28,7 @@ def test_a_site_logging_lbsplit_variables_and_naming_its_upstreams_survives_ever
                            (("apply", "30", "--force"), 0.30), (("revert",), 0.0)):
         result = run_cli(sandbox.config_path, *args)
         assert result.returncode == 0, (args, result.stdout + result.stderr)
-        assert abs(share(sandbox) - expected) < 0.04, args
+        assert abs(share(sandbox, IDS) - expected) < 0.04, args
     assert run_cli(sandbox.config_path, "status").returncode == 0
     logged = site_log.read_text().splitlines()
     assert logged and all(len(line.split()) == 4 for line in logged)
@@ -56,7 +52,7 @@ def test_an_output_dir_read_by_a_wildcard_include_is_refused_before_anything_is_
     assert result.stderr.count("\n") == 1  # one line
     assert sorted(p.name for p in sandbox.output_dir.iterdir()) == before  # no lbsplit.d/ left behind
     assert (sandbox.output_dir / "lbsplit.conf").read_bytes() == live
-    assert share(sandbox) == 0.0
+    assert share(sandbox, IDS) == 0.0
     revert = run_cli(sandbox.config_path, "revert")
     assert revert.returncode == 0, revert.stderr
 
@@ -75,7 +71,7 @@ def test_a_sites_own_map_hash_bucket_size_is_named_with_the_line_to_remove(sandb
     result = run_cli(sandbox.config_path, "apply", "10")
     assert result.returncode == 3, result.stdout + result.stderr
     assert "your nginx config sets map_hash_bucket_size" in result.stderr and "remove your" in result.stderr
-    assert (sandbox.output_dir / "lbsplit.conf").read_bytes() == live and share(sandbox) == 0.0
+    assert (sandbox.output_dir / "lbsplit.conf").read_bytes() == live and share(sandbox, IDS) == 0.0
 
 
 def test_a_site_map_that_relies_on_lbsplits_sizing_still_builds_after_a_revert(sandbox):
@@ -99,13 +95,13 @@ def test_a_site_map_that_relies_on_lbsplits_sizing_still_builds_after_a_revert(s
     assert ok.returncode == 0, ok.stdout + ok.stderr
     sandbox.front.stop()
     sandbox.front.start(wait_port=sandbox.port)  # the site's map builds only with lbsplit's sizing in place
-    assert abs(share(sandbox) - 0.10) < 0.04
+    assert abs(share(sandbox, IDS) - 0.10) < 0.04
 
     nginx = Nginx(load(sandbox.config_path).nginx)
     bare = plan(load(sandbox.config_path), Stage.off()).text(0)
     assert "map_hash_bucket_size" not in bare
     assert nginx.test_snippet(bare) is None, "alone, the bare revert text passes"
-    in_site = nginx.test_in_site(bare, nginx.site_copy())
+    in_site = nginx.test_in_site(bare, nginx.site_copy().text)
     assert in_site is not None and "map_hash_bucket_size" in in_site, in_site
     assert not list(conf.parent.glob(".lbsplit-tmp-*")), "the check copy is removed"
 
@@ -113,7 +109,7 @@ def test_a_site_map_that_relies_on_lbsplits_sizing_still_builds_after_a_revert(s
     assert "[ok  ] revert config: passes nginx -t inside your nginx config" in check.stdout, check.stdout
     reverted = run_cli(sandbox.config_path, "revert")
     assert reverted.returncode == 0, reverted.stdout + reverted.stderr
-    assert share(sandbox) == 0.0
+    assert share(sandbox, IDS) == 0.0
     live = (sandbox.output_dir / "lbsplit.conf").read_text()
     assert "map_hash_bucket_size 512;" in live and "Kept from the file before this revert" in live
     assert run_cli(sandbox.config_path, "status").returncode == 0
@@ -121,7 +117,7 @@ def test_a_site_map_that_relies_on_lbsplits_sizing_still_builds_after_a_revert(s
                           capture_output=True).returncode == 0
     again = run_cli(sandbox.config_path, "apply", "30", "--force")
     assert again.returncode == 0, again.stderr
-    assert abs(share(sandbox) - 0.30) < 0.04
+    assert abs(share(sandbox, IDS) - 0.30) < 0.04
 
 
 def test_debians_stock_layout_with_conf_d_and_sites_enabled_globs(sandbox):
@@ -146,9 +142,24 @@ def test_debians_stock_layout_with_conf_d_and_sites_enabled_globs(sandbox):
                            (("apply", "10"), 0.10)):
         result = run_cli(sandbox.config_path, *args)
         assert result.returncode == 0, (args, result.stdout + result.stderr)
-        assert abs(share(sandbox) - expected) < 0.04, args
+        assert abs(share(sandbox, IDS) - expected) < 0.04, args
     check = run_cli(sandbox.config_path, "check", "30")
     assert "[ok  ] revert config: passes nginx -t inside your nginx config" in check.stdout, check.stdout
     assert not list(conf.parent.glob(".lbsplit-tmp-*"))
     assert subprocess.run([sandbox.binary, "-t", "-q", "-p", str(sandbox.front.prefix), "-c", str(conf)],
                           capture_output=True).returncode == 0
+
+
+def test_the_remembered_site_copy_follows_every_edit_of_the_sites_files(sandbox):
+    """The gate keeps the site's flattened config between widenings; an edited file makes it flatten again."""
+    kept = sandbox.state_dir / "site-copy.json"
+    assert run_cli(sandbox.config_path, "apply", "10").returncode == 0
+    first = kept.read_text()
+    assert "lbsplit-revert-config-placeholder" in first  # the copy the revert config was checked inside
+    assert run_cli(sandbox.config_path, "apply", "20", "--force").returncode == 0
+    assert kept.read_text() == first  # nothing changed: the same copy
+    conf = sandbox.front.conf
+    conf.write_text(conf.read_text().replace("http {", "http {\n    server_tokens off;", 1))
+    assert run_cli(sandbox.config_path, "apply", "30", "--force").returncode == 0
+    assert "server_tokens off;" in kept.read_text() and "server_tokens off;" not in first
+    assert abs(share(sandbox, IDS) - 0.30) < 0.04

@@ -7,18 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import live, ok, run_cli
 
 USERS = [f"user-{i}" for i in range(200)]
-
-
-def live(sb) -> bytes:
-    return (sb.output_dir / "lbsplit.conf").read_bytes()
-
-
-def ok(result):
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def one_clear_line(result, code):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import ok, run_cli
 from fakes import WebhookReceiver
 from lbsplit.config import load
 from lbsplit.rollout.files import Lock
@@ -24,11 +24,6 @@ def configure(sb, endpoint, webhook=None, health_extra="", top='stages = [10, 30
         extra=f'\n[health]\nurl = "{endpoint.url}"\ntimeout = 1\n'
               f'prometheus_textfile = "{sb.root}/lbsplit.prom"\n{health_extra}{notify}',
     )
-
-
-def ok(result):
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def history(sb):
@@ -75,7 +70,7 @@ def test_sustained_breach_reverts_after_three_checks_and_notifies(sandbox, endpo
 
 
 def test_unreachable_endpoint_reverts_under_no_data_fail(sandbox, endpoint):
-    # no_data = "ignore" is judged in-process: tests/test_watchdog_logic.py
+    # no_data = "ignore" is judged in-process: tests/test_watchdog_runner.py
     configure(sandbox, endpoint, health_extra='no_data = "fail"\n')
     ok(run_cli(sandbox.config_path, "apply", "10"))
     endpoint.close()

@@ -120,7 +120,7 @@ def test_a_plain_large_file_keeps_order_and_has_no_warning(tmp_path):
 
 
 def test_the_ascii_shortcut_rejects_exactly_what_the_id_rules_reject():
-    from lbsplit.validate import _ID_TROUBLE_RE
+    from lbsplit.validate import ID_TROUBLE_RE
     from lbsplit.whitelist import _ASCII_TROUBLE
 
-    assert {c for c in range(128) if _ID_TROUBLE_RE.search(chr(c))} == set(_ASCII_TROUBLE)
+    assert {c for c in range(128) if ID_TROUBLE_RE.search(chr(c))} == set(_ASCII_TROUBLE)

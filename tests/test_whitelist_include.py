@@ -5,14 +5,9 @@ import os
 import subprocess
 import sys
 
-from conftest import run_cli
+from conftest import ok, run_cli
 
 IDS = [f"vip-{i:05d}" for i in range(2000)]
-
-
-def ok(result):
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def with_whitelist_file(sb, ids, name="wl.txt", config=None):

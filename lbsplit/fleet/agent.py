@@ -28,8 +28,8 @@ from ..nginx.process import Nginx
 from ..rollout import files
 from ..rollout.planning import plan
 from ..rollout.state import StateStore
-from ..rollout.transaction import actor, lua_modules, now
-from ..watch import gate
+from ..nginx.process import lua_modules
+from ..stamps import actor, now
 from ..watch.logsource import Window, read_appended, variant_of_addr
 from . import protocol
 from .protocol import COMMITTED, PROPOSED, Desired, Report
@@ -100,8 +100,13 @@ def published_error(e: LbsplitError) -> dict:
 
 
 class Agent:
-    def __init__(self, config_path: Path, log=print, clock=time.time):
+    """One load balancer's member of the fleet. `local` changes this host's stage (app.local: its apply,
+    restore and revert, with the gate, hooks and notifications): given by the caller, since the commands
+    live above the fleet."""
+
+    def __init__(self, config_path: Path, local, log=print, clock=time.time):
         self.config_path = config_path
+        self.local = local
         self.settings = load(config_path)
         self.config_mtime = config_path.stat().st_mtime_ns
         self.fleet = self.settings.require_fleet()
@@ -316,12 +321,12 @@ class Agent:
         reason = f"fleet change {desired.id} by {desired.by}" + (f": {desired.reason}" if desired.reason else "")
         try:
             if desired.undo:  # what was live a moment ago: no gate (a narrowing's undo is a widening on paper)
-                outcome = gate.restore(self.settings, stage, reason, command=f"fleet {desired.command}")
+                change = self.local.restore(self.settings, stage, reason, command=f"fleet {desired.command}")
             elif stage.v2_enabled:
-                outcome = gate.apply(self.settings, stage, reason, force=desired.force, strict=desired.strict,
-                                     command=f"fleet {desired.command or 'apply'}")
+                change = self.local.apply(self.settings, stage, reason, force=desired.force, strict=desired.strict,
+                                           command=f"fleet {desired.command or 'apply'}")
             else:
-                outcome = gate.revert(self.settings, reason)
+                change = self.local.revert(self.settings, reason)
         except Interrupted as e:  # SIGTERM reached the transaction, which undid itself: stop the agent too
             self.log(f"change {desired.id} ({stage.describe()}) interrupted: {e}")
             self.stop.set()
@@ -331,13 +336,13 @@ class Agent:
             self._publish(replace(local_report(self.settings, self.report), error_uid=desired.uid,
                                   error=published_error(e), digest=self._digest()))
             return
-        self.log(f"change {desired.id}: {'; '.join(outcome.messages[-1:])}")
+        self.log(f"change {desired.id}: {'; '.join(change.messages[-1:])}")
         self.looked_at = time.monotonic()
         report = replace(local_report(self.settings, self.report), applied_uid=desired.uid, applied_id=desired.id,
                          error=None, digest=self._digest())
         if not report.serves(stage):  # installed, but nginx does not serve it (not running): say so at once
             problem = NotServing(f"installed on {self.fleet.host}, but its nginx does not serve it: "
-                                 + ("; ".join(outcome.messages[-1:]) or "no answer from its status page"))
+                                 + ("; ".join(change.messages[-1:]) or "no answer from its status page"))
             report = replace(report, error_uid=desired.uid, error=published_error(problem))
         self._publish(report)
 
@@ -366,6 +371,9 @@ class Agent:
         for s in (signal.SIGTERM, signal.SIGINT):
             signal.signal(s, stop)
         self.log(f"agent for {self.fleet.host} following {self.fleet.prefix} on {len(self.fleet.etcd)} etcd endpoint(s)")
+        # The liveness thread's first report already says how this host splits users: a report without it
+        # would make an apply in that first moment refuse ("the hosts do not split users alike").
+        self.report = replace(self.report, digest=self._digest())
         threading.Thread(target=self._liveness, daemon=True).start()
         threading.Thread(target=self._watch, daemon=True).start()
         while not self.stop.is_set():

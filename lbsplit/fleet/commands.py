@@ -25,7 +25,7 @@ import time
 import types
 from dataclasses import dataclass, replace
 
-from .. import timing
+from .. import model, timing
 from ..config import Settings
 from ..errors import (
     ConfigError,
@@ -39,9 +39,10 @@ from ..errors import (
     Unreachable,
     from_data,
 )
-from ..model import Stage
+from ..model import Change, Stage
 from ..rollout.state import State
-from ..rollout.transaction import actor, failpoint, now
+from ..rollout.transaction import failpoint
+from ..stamps import actor, now
 from . import protocol
 from .protocol import COMMITTED, PROPOSED, Desired, Member, Report
 from .store import Entry, Etcd, Fence
@@ -70,7 +71,7 @@ def _members(alive_entries: list[Entry], report_entries: list[Entry]) -> list[Me
 
 
 def members(store: Etcd, prefix: str) -> list[Member]:
-    (alive, reports), _ = store.read(f"{prefix}/alive/", f"{prefix}/hosts/")
+    (alive, reports), _ = store.read(protocol.alive_dir(prefix), protocol.hosts_dir(prefix))
     return _members(alive, reports)
 
 
@@ -91,8 +92,8 @@ def current(store: Etcd, prefix: str) -> tuple[Desired | None, int]:
 
 def snapshot(store: Etcd, prefix: str) -> tuple[Desired | None, int, list[Member], int]:
     """The desired state (and its mod revision), every member, and the store's revision: one round trip."""
-    (desired, alive, reports), revision = store.read(protocol.desired_key(prefix), f"{prefix}/alive/",
-                                                     f"{prefix}/hosts/")
+    (desired, alive, reports), revision = store.read(protocol.desired_key(prefix), protocol.alive_dir(prefix),
+                                                     protocol.hosts_dir(prefix))
     return (*_desired(desired), _members(alive, reports), revision)
 
 
@@ -105,7 +106,7 @@ class Waker:
     def __init__(self, store: Etcd, prefix: str, revision: int):
         self.event, self._stop, self.streaming = threading.Event(), threading.Event(), True
         self._store = store.twin()
-        self._thread = threading.Thread(target=self._follow, args=(f"{prefix}/", revision + 1), daemon=True)
+        self._thread = threading.Thread(target=self._follow, args=(protocol.fleet_dir(prefix), revision + 1), daemon=True)
         self._thread.start()
 
     def _follow(self, key: str, start: int) -> None:
@@ -217,7 +218,7 @@ def _per_host(waited: Waited) -> dict[str, str]:
 def _check_digests(live: list[Member]) -> None:
     digests: dict[str, list[str]] = {}
     for m in live:
-        digests.setdefault(m.report.digest if m.report else "(no report yet)", []).append(m.name)
+        digests.setdefault(m.report.digest if m.report and m.report.digest else "(no report yet)", []).append(m.name)
     if len(digests) > 1:
         groups = "; ".join(f"{', '.join(names)}: {d}" for d, names in sorted(digests.items()))
         raise ConfigError("fleet: the hosts do not split users alike (mode, key, fallback_key or whitelist differ), so "
@@ -261,7 +262,7 @@ def proposal_is_live(store: Etcd, prefix: str, desired: Desired) -> bool:
 
 
 def change(settings: Settings, stage: Stage, command: str, reason: str = "", force: bool = False,
-           strict: bool = False, allow_unreachable: bool = False, fence: Fence | None = None) -> list[str]:
+           strict: bool = False, allow_unreachable: bool = False, fence: Fence | None = None) -> Change:
     """`apply`/`promote` with [fleet]: propose, wait for every member, commit, wait; roll back on any failure."""
     store, prefix, timeout = store_for(settings)
     key = protocol.desired_key(prefix)
@@ -290,12 +291,13 @@ def change(settings: Settings, stage: Stage, command: str, reason: str = "", for
     waker = Waker(store, prefix, at)
     proposer = Proposer(store, prefix, proposal.uid)
     try:
-        lines = _propose_and_commit(store, prefix, key, timeout, revision, proposal, previous,
-                                    [m.name for m in reachable], waker, fence)
+        done = _propose_and_commit(store, prefix, key, timeout, revision, proposal, previous,
+                                   [m.name for m in reachable], waker, fence)
     finally:
         proposer.close()
         waker.close()
-    return lines + [f"skipped (--allow-unreachable): {line}" for line in _unreachable_lines(unreachable)]
+    done.messages += [f"skipped (--allow-unreachable): {line}" for line in _unreachable_lines(unreachable)]
+    return done
 
 
 def _describe_desired(store: Etcd, prefix: str) -> str:
@@ -323,7 +325,7 @@ def _undo(store: Etcd, prefix: str, key: str, expected: Desired, back: Desired, 
 
 
 def _propose_and_commit(store: Etcd, prefix: str, key: str, timeout: float, revision: int, proposal: Desired,
-                        previous: Stage, names: list[str], waker: Waker, fence: Fence | None) -> list[str]:
+                        previous: Stage, names: list[str], waker: Waker, fence: Fence | None) -> Change:
     command, stage = proposal.command, proposal.target
     failpoint("before-propose")  # the fleet read, the compare-and-swap not yet tried
     back = replace(proposal, id=proposal.id + 1, stage=protocol.stage_json(previous), phase=COMMITTED,
@@ -363,12 +365,13 @@ def _propose_and_commit(store: Etcd, prefix: str, key: str, timeout: float, revi
         outcome = _undo(store, prefix, key, committed, undo, names, timeout, waker)
         raise FleetFailed(f"fleet {command} failed on {', '.join(failing)}; {outcome}.\n  "
                           + "\n  ".join(_problems(waited, timeout)), _exit_code(waited), {"hosts": _per_host(waited)})
+    hosts = {**_per_host(waited), **{n: "skipped (unreachable)" for n in proposal.skipped}}
     _record(store, prefix, committed, "served by every member" if not proposal.skipped else
-            "served by every reachable member", {**_per_host(waited), **{n: "skipped (unreachable)"
-                                                                         for n in proposal.skipped}})
+            "served by every reachable member", hosts)
     total = len(names) + len(proposal.skipped)
-    return [f"fleet change {committed.id}: v2 {stage.describe()} served by {len(waited.ok)} of {total} members",
-            *table(waited.members, committed)]
+    return Change(committed.id, stage, changed=True, hosts=hosts, messages=[
+        f"fleet change {committed.id}: v2 {stage.describe()} served by {len(waited.ok)} of {total} members",
+        *table(waited.members, committed)])
 
 
 @contextlib.contextmanager
@@ -398,7 +401,7 @@ def _withdrawn_if_interrupted(store: Etcd, key: str, proposal: Desired, back: De
             signal.signal(s, h)
 
 
-def revert(settings: Settings, reason: str = "", fence: Fence | None = None) -> list[str]:
+def revert(settings: Settings, reason: str = "", fence: Fence | None = None) -> Change:
     """`revert` with [fleet]: one write that every member applies; exit 0 only when every member serves v2 off."""
     store, prefix, timeout = store_for(settings)
     key = protocol.desired_key(prefix)
@@ -421,8 +424,8 @@ def revert(settings: Settings, reason: str = "", fence: Fence | None = None) -> 
     unreachable = [m for m in waited.members if not m.reachable and m.name not in names] \
         + [m for m in waited.members if m.name in waited.dropped]
     problems = _problems(waited, timeout)
-    _record(store, prefix, off, "reverted" if not problems and not unreachable else "reverted, incomplete",
-            {**_per_host(waited), **{m.name: "unreachable" for m in unreachable if m.name not in waited.dropped}})
+    hosts = {**_per_host(waited), **{m.name: "unreachable" for m in unreachable if m.name not in waited.dropped}}
+    _record(store, prefix, off, "reverted" if not problems and not unreachable else "reverted, incomplete", hosts)
     total = len({m.name for m in waited.members} | set(names))
     lines = [f"fleet change {off.id}: v2 off, served by {len(waited.ok)} of {total} members",
              *table(waited.members, off)]
@@ -435,16 +438,14 @@ def revert(settings: Settings, reason: str = "", fence: Fence | None = None) -> 
                           + "\n  ".join(_unreachable_lines(unreachable))
                           + "\nrun `lbsplit revert --local` there (or `lbsplit forget HOST` for a host that is gone)",
                           {"unreachable": [m.name for m in unreachable]})
-    return lines
+    return Change(off.id, Stage.off(), changed=True, messages=lines, hosts=hosts)
 
 
 def next_stage(settings: Settings) -> Stage | None:
     """The first configured stage above the fleet's desired one; None at the last stage."""
     store, prefix, _ = store_for(settings)
     desired, _ = current(store, prefix)
-    now_stage = desired.target if desired else Stage.off()
-    higher = [s for s in settings.stages if s > (now_stage.hundredths if now_stage.v2_enabled else -1)]
-    return Stage.at(higher[0]) if higher else None
+    return model.next_stage(settings.stages, desired.target if desired else None)
 
 
 def forget(settings: Settings, host: str, reason: str = "") -> str:
@@ -461,7 +462,7 @@ def forget(settings: Settings, host: str, reason: str = "") -> str:
         store.delete(k)
     desired, _ = current(store, prefix)
     entry_id = (desired.id if desired else 0)
-    store.put(f"{prefix}/history/{entry_id:010d}-forget-{host}",
+    store.put(protocol.forget_key(prefix, entry_id, host),
               json.dumps({"id": entry_id, "time": now(), "user": actor(), "command": f"forget {host}",
                           "from": "", "to": "", "reason": reason, "result": "forgotten",
                           "hosts": {host: member.last_known(time.time())}}, sort_keys=True))
@@ -531,18 +532,14 @@ class Leadership:
 def watchdog_action(settings: Settings, leadership: Leadership):
     """The leading watchdog's revert (or step back): a fleet change fenced by the leader's election key."""
 
-    def act(target: Stage, reason: str) -> tuple[int, list[str]]:
+    def act(target: Stage, reason: str) -> Change:
         if not leadership.leads():
             raise NotLeader("this watchdog no longer leads the fleet (its lease lapsed); it changed nothing")
         failpoint("before-fleet-act")  # checked that it leads; the fenced write not yet tried
         if target.v2_enabled:
-            lines = change(settings, target, f"watchdog step back to {target.percent}", reason, force=True,
-                           allow_unreachable=True, fence=leadership.fence)
-        else:
-            lines = revert(settings, reason, fence=leadership.fence)
-        store, prefix, _ = store_for(settings)
-        desired, _ = current(store, prefix)
-        return (desired.id if desired else 0), lines
+            return change(settings, target, f"watchdog step back to {target.percent}", reason, force=True,
+                          allow_unreachable=True, fence=leadership.fence)
+        return revert(settings, reason, fence=leadership.fence)
 
     return act
 
@@ -567,14 +564,14 @@ def fleet_state(settings: Settings):
 
 def fleet_log_check(settings: Settings, health):
     """The leader's nginx_log source: every reachable member's window counts, checked, summed, judged as one log."""
-    from ..watch import judge
-    from ..watch.logsource import VariantStats
+    from ..watch import judge  # noqa: PLC0415 - only the fleet's watchdog judges; apply and revert do not load it
+    from ..watch.logsource import VariantStats  # noqa: PLC0415 - the same
 
     store, prefix, _ = store_for(settings)
 
     def check(thresholds, now: float):
         v1, v2, used, refused = VariantStats(), VariantStats(), [], []
-        (counts, alive, reports), _ = store.read(f"{prefix}/counts/", f"{prefix}/alive/", f"{prefix}/hosts/")
+        (counts, alive, reports), _ = store.read(protocol.counts_dir(prefix), protocol.alive_dir(prefix), protocol.hosts_dir(prefix))
         by_name = {m.name: m for m in _members(alive, reports)}
         for e in counts:
             name = protocol.host_of(e.key)
@@ -603,7 +600,7 @@ def fleet_log_check(settings: Settings, health):
 
 def lead_and_watch(settings: Settings, health, mode: str, echo, chatty: bool) -> int:
     """`watchdog` with [fleet]: run only while leading; the leader's revert is a fleet revert, fenced."""
-    from ..watch.watchdog import Watchdog
+    from ..watch.watchdog import Watchdog  # noqa: PLC0415 - only the watchdog command loads it
 
     while True:
         leadership = Leadership(settings)
@@ -677,7 +674,7 @@ def require_serving(s: dict) -> None:
 def history(settings: Settings) -> list[dict]:
     store, prefix, _ = store_for(settings)
     out = []
-    for e in store.prefix(f"{prefix}/history/"):
+    for e in store.prefix(protocol.history_dir(prefix)):
         try:
             out.append(json.loads(e.value))
         except ValueError:

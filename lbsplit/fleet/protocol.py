@@ -66,6 +66,32 @@ def watchdog_key(prefix: str) -> str:
     return f"{prefix}/watchdog"
 
 
+def forget_key(prefix: str, change: int, host: str) -> str:
+    """The history entry `lbsplit forget HOST` writes (sorted among the changes by its id)."""
+    return f"{history_key(prefix, change)}-forget-{host}"
+
+
+# The folders the keys above live in, for reading all of a kind at once.
+def fleet_dir(prefix: str) -> str:
+    return f"{prefix}/"
+
+
+def hosts_dir(prefix: str) -> str:
+    return host_key(prefix, "")
+
+
+def alive_dir(prefix: str) -> str:
+    return alive_key(prefix, "")
+
+
+def counts_dir(prefix: str) -> str:
+    return counts_key(prefix, "")
+
+
+def history_dir(prefix: str) -> str:
+    return f"{prefix}/history/"
+
+
 def stage_json(stage: Stage) -> dict:
     return {"v2": stage.v2_enabled, "hundredths": stage.hundredths}
 

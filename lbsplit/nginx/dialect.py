@@ -15,6 +15,7 @@ import math
 import os
 import re
 import tempfile
+from pathlib import Path
 from dataclasses import dataclass
 
 from .. import resources
@@ -48,6 +49,7 @@ UPSTREAM_OF_VARIANT = {"v1": "lbsplit_v1", "v2": "lbsplit_v2"}
 ENTRY_TEMPLATE = "lbsplit.conf.j2"
 DEFAULT_BUCKET_SIZE = 64  # nginx's default map_hash_bucket_size on x86 (one cache line)
 DEFAULT_MAX_SIZE = 2048
+CHECK_TEMPLATE = "check-nginx.conf"
 POINTER = 8
 
 
@@ -64,6 +66,16 @@ def _environment():
         trim_blocks=True,
         lstrip_blocks=True,
     )
+
+
+def check_config(root: Path, modules: tuple[str, ...] = ()) -> str:
+    """The private nginx.conf (templates/check-nginx.conf) in which `nginx -t` checks root/lbsplit.conf."""
+    import string  # noqa: PLC0415 - only a check needs it
+
+    text = (resources.templates_dir() / CHECK_TEMPLATE).read_text(encoding="utf-8")
+    body = "\n".join(line for line in text.splitlines() if not line.startswith("#")) + "\n"
+    return string.Template(body).substitute(load_modules="".join(f"load_module {m};\n" for m in modules),
+                                            root=str(root), entry=ENTRY_FILE)
 
 
 @dataclass(frozen=True)
@@ -135,7 +147,7 @@ class WhitelistFile:
         return cls(str(data["name"]), int(data["size"]), MapHashSize(*map(int, sizes)) if sizes else None)
 
 
-def whitelist_file(ids: tuple[str, ...]) -> WhitelistFile | None:
+def whitelist_map(ids: tuple[str, ...]) -> WhitelistFile | None:
     """The content-addressed map file for these ids, or None for an empty whitelist."""
     if not ids:
         return None

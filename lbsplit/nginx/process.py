@@ -22,9 +22,18 @@ from pathlib import Path
 from .. import progress
 from ..config import NginxSettings
 from ..errors import EnvironmentProblem, NginxTestFailed, ReloadFailed
-from .dialect import CONTROL_PATH, ENTRY_FILE, STATUS_PATH, TOKEN_HEADER, V1_CHECK_PATH, parse_status
+from .dialect import CONTROL_PATH, ENTRY_FILE, STATUS_PATH, TOKEN_HEADER, V1_CHECK_PATH, check_config, parse_status
 
 PLACEHOLDER = "/lbsplit-revert-config-placeholder/lbsplit.conf"  # where site_copy's include of lbsplit.conf points
+
+LUA_MODULES = "/usr/lib/nginx/modules"
+
+
+def lua_modules() -> tuple[str, ...]:
+    """Debian's ndk and lua modules, in load order, for a private check config (empty when not installed)."""
+    found = tuple(f"{LUA_MODULES}/{m}" for m in ("ndk_http_module.so", "ngx_http_lua_module.so"))
+    return found if all(Path(m).is_file() for m in found) else ()
+
 
 COMMAND_TIMEOUT = 300  # nginx -t on a 1M-id whitelist takes seconds, not minutes
 
@@ -209,23 +218,20 @@ class Nginx:
         with tempfile.TemporaryDirectory(prefix="lbsplit-test-") as tmp:
             root = Path(tmp)
             (root / ENTRY_FILE).write_text(text, encoding="utf-8")
-            temp_paths = "".join(
-                f"    {name}_temp_path {root}/{name};\n" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-            )
-            (root / "nginx.conf").write_text(
-                "".join(f"load_module {m};\n" for m in modules) + f"pid {root}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"
-                f"http {{\n{temp_paths}    include {root}/{ENTRY_FILE};\n}}\n",
-                encoding="utf-8",
-            )
+            (root / "nginx.conf").write_text(check_config(root, modules), encoding="utf-8")
             result = _run([self.settings.binary, "-p", str(root), "-c", str(root / "nginx.conf"), "-t", "-q"], "nginx -t")
         return None if result.returncode == 0 else _clean(result.stderr).replace(str(root) + "/", "")
 
-    def site_copy(self) -> str:
-        """The site's whole config as one text whose include of lbsplit.conf names PLACEHOLDER (see flatten).
-        Raises CannotFlatten."""
-        from .flatten import flattened  # noqa: PLC0415  (crossplane: only the gate's revert check needs it)
+    def site_copy(self):
+        """The site's whole config as one text whose include of lbsplit.conf names PLACEHOLDER, with what it
+        was made from (a flatten.SiteCopy). Raises CannotFlatten."""
+        from .flatten import flattened  # noqa: PLC0415 - only the gate's revert check needs it
 
         return flattened(Path(self.settings.conf), self.settings.live_file, Path(PLACEHOLDER))
+
+    def site_copy_is_current(self, copy) -> bool:
+        """A SiteCopy made by site_copy() for this config, from files that are all unchanged since."""
+        return copy.current(Path(self.settings.conf), self.settings.live_file, Path(PLACEHOLDER))
 
     def test_in_site(self, text: str, copy: str) -> str | None:
         """nginx -t on the site's whole config (`copy`, from site_copy) with `text` as lbsplit.conf; None when it passes.
@@ -234,7 +240,7 @@ class Nginx:
         they mean there), and its include of lbsplit.conf names a private file holding `text`. Raises
         CannotFlatten when the copy cannot judge: nginx -t rejects it even with the live lbsplit.conf.
         """
-        from .flatten import CannotFlatten  # noqa: PLC0415
+        from .flatten import CannotFlatten  # noqa: PLC0415 - crossplane: only the gate's revert check needs it
 
         live = self.settings.live_file
         with tempfile.TemporaryDirectory(prefix="lbsplit-test-") as tmp:
@@ -250,7 +256,7 @@ class Nginx:
         return error.replace(str(replacement), f"(the revert {ENTRY_FILE})")
 
     def _test_flattened(self, whole: str) -> str | None:
-        from .flatten import CannotFlatten  # noqa: PLC0415
+        from .flatten import CannotFlatten  # noqa: PLC0415 - crossplane: only the gate's revert check needs it
 
         conf = Path(self.settings.conf)
         check = conf.parent / f".lbsplit-tmp-check-{os.getpid()}"  # next to nginx.conf; repair sweeps a leftover

@@ -6,5 +6,5 @@ precheck callback, so it imports nothing from watch/. `planning` validates a sta
 renders what it will write, `wlcache` and `rendercache` keep validated whitelists and
 rendered skeletons, `files` owns atomic writes and the lock, `state` the state_dir
 layout, `status` compares the state with what nginx serves.
-May import: nginx, model, errors, config, validate, whitelist, progress, timing.
+May import: nginx, model, errors, config, validate, whitelist, progress, timing, stamps.
 """

@@ -145,6 +145,19 @@ def _is_lbsplit(pid: int) -> bool:
     return any(b"lbsplit" in arg for arg in argv[:4])
 
 
+def yields_to_revert(holder: str) -> bool:
+    """May a person's revert end this holder of the lock ("pid N (purpose)")?
+
+    Not another revert, which does what ours would, and so not the watchdog either: its check is short and
+    its revert is ours (its step back to a lower percent and its auto-promote rename the lock, and yield).
+    Not a fleet agent's change: ending it would stop the agent. A holder we cannot name is waited for.
+    """
+    if not holder.startswith("pid ") or "(" not in holder:
+        return False
+    purpose = holder.partition("(")[2].rpartition(")")[0]
+    return not (purpose.startswith(("revert", "fleet ")) or purpose in ("watchdog", "watchdog revert"))
+
+
 class Lock:
     """An exclusive flock on state_dir/lock, waited for up to `timeout` seconds.
 
@@ -172,9 +185,7 @@ class Lock:
         """SIGTERM, then SIGKILL, the lbsplit process holding the lock (its transaction is crash-safe at every
         step: the undo runs on SIGTERM, repair from the journal after SIGKILL). True once the lock is ours."""
         holder, pid = self.holder(), self.holder_pid()
-        if pid is None or pid == os.getpid() or "(revert" in holder or "(fleet " in holder or not _is_lbsplit(pid):
-            # Another revert does what we would; a fleet agent's change is its agent's (ending it would stop the
-            # agent); a holder we cannot name is waited for.
+        if pid is None or pid == os.getpid() or not yields_to_revert(holder) or not _is_lbsplit(pid):
             return False
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
@@ -237,13 +248,22 @@ class Lock:
                         "Try again when it finishes (raise lock_timeout to wait longer)"
                     ) from None
                 time.sleep(0.05)
+        self._fd = fd
+        self._write_holder()
+        return self
+
+    def _write_holder(self) -> None:
         try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} ({self.purpose})\n".encode(), 0)
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"pid {os.getpid()} ({self.purpose})\n".encode(), 0)
         except OSError:
             pass  # the holder's name is a courtesy; a full disk must not stop a revert from taking the lock
-        self._fd = fd
-        return self
+
+    def rename(self, purpose: str) -> None:
+        """Say what the holder does now (a watchdog that steps back); only the holder calls it."""
+        self.purpose = purpose
+        if self._fd is not None:
+            self._write_holder()
 
     def try_acquire(self) -> bool:
         """Take the lock only if it is free right now."""

@@ -196,13 +196,13 @@ def plan(settings: Settings, stage: Stage, use_cache: bool = True, remember: boo
     return Plan(stage=stage, inputs=inputs, warnings=tuple(warnings), whitelist=resolved, cache=cache)
 
 
-def render_text(settings: Settings, stage: Stage, whitelist_file: bool = False) -> tuple[str, tuple[str, ...]]:
+def render_text(settings: Settings, stage: Stage, map_file: bool = False) -> tuple[str, tuple[str, ...]]:
     """What apply would write for `stage` (with the next generation number), and its warnings.
 
-    With `whitelist_file`, the whitelist's map file instead of lbsplit.conf.
+    With `map_file`, the whitelist's map file instead of lbsplit.conf.
     """
-    prepared = plan(settings, stage, use_cache=not whitelist_file)
-    if whitelist_file:
+    prepared = plan(settings, stage, use_cache=not map_file)
+    if map_file:
         found = prepared.whitelist.file if prepared.whitelist else None
         if found is None:
             why = ("v2 off includes no whitelist" if not stage.v2_enabled else

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
-import getpass
 import hashlib
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
 from .. import timing
+from ..stamps import actor, now
 from ..config import Settings
 from ..errors import (
     ConfigError,
@@ -34,7 +32,7 @@ from ..errors import (
     StructureError,
     UnfinishedTransaction,
 )
-from ..model import DEFAULT_MODE, Mode, Runtime, Stage
+from ..model import DEFAULT_MODE, Change, Mode, Runtime, Stage
 from ..nginx.dialect import (
     carry_sizing,
     check_shape,
@@ -47,10 +45,11 @@ from ..nginx.dialect import (
     owner_of,
     reports_stage,
     restage,
+    STATUS_PATH,
     status_listen_of,
     unrecorded_off_generation,
 )
-from ..nginx.process import Nginx
+from ..nginx.process import LUA_MODULES, Nginx
 from . import files, wlcache
 from .planning import Plan, plan, share, whitelist_dir
 from .state import Journal, Phase, State, StateStore
@@ -65,13 +64,6 @@ LUA_STEPS = ("after-lock", "after-backup", "after-journal", "after-swap", "after
 # nginx -t's words when the lua module is not loaded
 LUA_DIRECTIVES = ("lua_shared_dict", "init_by_lua_block", "init_worker_by_lua_block", "rewrite_by_lua_block",
                   "content_by_lua_block")
-LUA_MODULES = "/usr/lib/nginx/modules"
-
-
-def lua_modules() -> tuple[str, ...]:
-    """Debian's ndk and lua modules, in load order, for a private check config (empty when not installed)."""
-    found = tuple(f"{LUA_MODULES}/{m}" for m in ("ndk_http_module.so", "ngx_http_lua_module.so"))
-    return found if all(Path(m).is_file() for m in found) else ()
 
 
 def failpoint(step: str) -> None:
@@ -96,29 +88,6 @@ def failpoint(step: str) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"failpoint {step}: {barrier} did not appear within 60 s")
             time.sleep(0.01)
-
-
-@dataclass
-class Outcome:
-    """What a mutating command did, for the CLI to print."""
-
-    generation: int
-    stage: Stage
-    changed: bool
-    reloaded: bool
-    messages: list[str] = field(default_factory=list)
-
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def actor() -> str:
-    """Who runs the command: the sudo caller when there is one."""
-    try:
-        return os.environ.get("SUDO_USER") or getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid {os.getuid()}"
 
 
 def sha256(data: bytes) -> str:
@@ -388,7 +357,7 @@ class Transaction:
 
     # ---- the transaction
     def run(self, stage: Stage, tolerate_repair_failure: bool = False, lock_held: files.Lock | None = None,
-            precheck=None, install_only: bool = False) -> Outcome:
+            precheck=None, install_only: bool = False) -> Change:
         """The whole transaction.
 
         `lock_held`: the caller already holds the lock. `precheck(txn)` runs under the lock
@@ -447,14 +416,14 @@ class Transaction:
                            f"{now_state.applied_at}) landed while this command waited; it does not widen past it. "
                            f"Run it again to turn v2 on at {stage.describe()}")
 
-    def _run_locked(self, prepared: Plan, messages: list[str], signals: Signals, install_only: bool) -> Outcome:
+    def _run_locked(self, prepared: Plan, messages: list[str], signals: Signals, install_only: bool) -> Change:
         stage = prepared.stage
         messages.extend(prepared.warnings)
         state = self.store.read_state_or_none()
         previous = files.read_bytes(self.live)
         if install_only and state is not None and previous is not None:
             messages.append(f"{self.live} already exists (generation {state.generation}); nothing to do")
-            return Outcome(state.generation, stage, changed=False, reloaded=False, messages=messages)
+            return Change(state.generation, stage, changed=False, reloaded=False, messages=messages)
         master = None if install_only else self.nginx.master_pid()
         if install_only:
             self._refuse_status_clash()
@@ -476,7 +445,7 @@ class Transaction:
                 master is None or self.nginx.serving_generation() == state.generation
             ):
                 messages.append(f"already live: generation {state.generation} (v2 {stage.describe()}); nothing changed")
-                return Outcome(state.generation, stage, changed=False, reloaded=False, messages=messages)
+                return Change(state.generation, stage, changed=False, reloaded=False, messages=messages)
         self._check_owner(previous, stage, messages)
         # A revert is the break-glass: it never waits for a layout check to pass. The check comes before the
         # whitelist's folder is made: a wildcard include that would read that folder is refused first.
@@ -489,26 +458,10 @@ class Transaction:
         if not stage.v2_enabled and previous is not None:
             data = carry_sizing(previous.decode("utf-8", errors="replace"), data.decode("utf-8")).encode("utf-8")
         previous_generation = state.generation if state else None
-        self._check_space(len(data))
-
-        # Backup first, then the journal, then the swap: a crash at any point leaves
-        # either no journal (nothing touched) or a journal with a backup to return to.
-        if previous is not None and not self.unrecorded:
-            self._backup(previous, state)
-        failpoint("after-backup")
-        journal = Journal(command=self.command, pid=os.getpid(), started=now(), to_generation=generation,
-                          new_sha256=sha256(data), had_previous=previous is not None,
-                          previous_generation=previous_generation, stage_v2=stage.v2_enabled,
-                          stage_hundredths=stage.hundredths,
-                          previous_sha256=sha256(previous) if previous is not None else None)
-        signals.touched = True
-        self._journal(journal)
         reloaded = False
-        try:
-            failpoint("after-journal")
-            files.ensure_dir(self.live.parent)
-            files.atomic_write(self.live, data)
-            failpoint("after-swap")
+
+        def reload_step() -> None:
+            nonlocal reloaded
             with timing.phase("nginx -t"):
                 self._test_or_undo(previous)
             failpoint("after-test")
@@ -524,12 +477,12 @@ class Transaction:
                     served = self.nginx.wait_serving(generation, old, self.settings.nginx.verify_timeout)
                 if not served:
                     raise ReloadFailed(self._not_served_message(generation))
-            signals.committed = True  # nginx serves it (or is not running): from here on, finish
-        except BaseException as e:
-            restore = (lambda: self._reload_to(previous_generation)) if reloaded else (lambda: "nginx was not reloaded")
-            self._undo(e, previous, restore, "config")
-        failpoint("after-verify")
 
+        def reload_back() -> str:
+            return self._reload_to(previous_generation) if reloaded else "nginx was not reloaded"
+
+        journal = self._journal_for(stage, generation, data, previous, previous_generation)
+        self._install(journal, data, previous, state, signals, reload_step, reload_back, "config")
         if install_only:
             messages.append(f"wrote {self.live} (generation {generation}, everyone on v1); nothing was reloaded")
             result = "installed, not reloaded"
@@ -544,7 +497,40 @@ class Transaction:
             result = "applied and verified" + self._v1_check(stage, messages)
         self._commit(generation, stage, data, master is not None, result, layout)
         self._tidy(prepared, messages)
-        return Outcome(generation, stage, changed=True, reloaded=master is not None, messages=messages)
+        return Change(generation, stage, changed=True, reloaded=master is not None, messages=messages)
+
+    # ---- the one sequence both runtimes share
+    def _journal_for(self, stage: Stage, generation: int, data: bytes, previous: bytes | None,
+                     previous_generation: int | None, live_set: bool = False) -> Journal:
+        return Journal(command=self.command, pid=os.getpid(), started=now(), to_generation=generation,
+                       new_sha256=sha256(data), had_previous=previous is not None,
+                       previous_generation=previous_generation, stage_v2=stage.v2_enabled,
+                       stage_hundredths=stage.hundredths,
+                       previous_sha256=sha256(previous) if previous is not None else None, live_set=live_set)
+
+    def _install(self, journal: Journal, data: bytes, previous: bytes | None, state: State | None,
+                 signals: Signals, step, restore, what: str) -> None:
+        """Backup -> journal -> swap -> the runtime's `step` (nginx -t + reload + wait, or set live + wait);
+        on any failure before the commit point, the previous file back and `restore()` puts nginx back to it.
+
+        Backup first, then the journal, then the swap: a crash at any point leaves either no journal
+        (nothing touched) or a journal with a backup to return to."""
+        self._check_space(len(data))
+        if previous is not None and not self.unrecorded:
+            self._backup(previous, state)
+        failpoint("after-backup")
+        signals.touched = True
+        self._journal(journal)
+        try:
+            failpoint("after-journal")
+            files.ensure_dir(self.live.parent)
+            files.atomic_write(self.live, data)
+            failpoint("after-swap")
+            step()
+            signals.committed = True  # nginx serves it (or is not running): from here on, finish
+        except BaseException as e:
+            self._undo(e, previous, restore, what)
+        failpoint("after-verify")
 
     # ---- the lua runtime's zero-reload path
     def _restaged(self, prepared: Plan, state: State | None, previous: bytes | None):
@@ -571,30 +557,18 @@ class Transaction:
         return prepared.text
 
     def _run_live(self, prepared: Plan, new_text, state: State, previous: bytes, master: int | None,
-                  messages: list[str], signals: Signals) -> Outcome:
+                  messages: list[str], signals: Signals) -> Change:
         """Write the restaged file, then set its stage live through the control endpoint: no nginx -t, no reload."""
         stage = prepared.stage
         if new_text(state.generation).encode() == previous and (
                 master is None or reports_stage(self.nginx.serving(), state.generation, stage)):
             messages.append(f"already live: generation {state.generation} (v2 {stage.describe()}); nothing changed")
-            return Outcome(state.generation, stage, changed=False, reloaded=False, messages=messages)
+            return Change(state.generation, stage, changed=False, reloaded=False, messages=messages)
         token = self.store.control_token()
         generation = self._next_generation(previous)
         data = new_text(generation).encode("utf-8")
-        self._check_space(len(data))
-        if not self.unrecorded:
-            self._backup(previous, state)
-        failpoint("after-backup")
-        journal = Journal(command=self.command, pid=os.getpid(), started=now(), to_generation=generation,
-                          new_sha256=sha256(data), had_previous=True, previous_generation=state.generation,
-                          stage_v2=stage.v2_enabled, stage_hundredths=stage.hundredths,
-                          previous_sha256=sha256(previous), live_set=True)
-        signals.touched = True
-        self._journal(journal)
-        try:
-            failpoint("after-journal")
-            files.atomic_write(self.live, data)
-            failpoint("after-swap")
+
+        def live_step() -> None:
             if master is not None:
                 with timing.phase("set live"):
                     self.nginx.set_live(generation, lua_stage(stage), token)
@@ -603,11 +577,12 @@ class Transaction:
                     if not self.nginx.wait_live(generation, self.settings.nginx.verify_timeout):
                         raise ReloadFailed(f"nginx did not report generation {generation} from every worker within "
                                            f"{self.settings.nginx.verify_timeout:g}s")
-            signals.committed = True
-        except BaseException as e:
-            restore = (lambda: self._restore_live(previous)) if master is not None else (lambda: "nginx is not running")
-            self._undo(e, previous, restore, "stage")
-        failpoint("after-verify")
+
+        def live_back() -> str:
+            return self._restore_live(previous) if master is not None else "nginx is not running"
+
+        journal = self._journal_for(stage, generation, data, previous, state.generation, live_set=True)
+        self._install(journal, data, previous, state, signals, live_step, live_back, "stage")
         if master is None:
             messages.append(f"nginx is not running: wrote generation {generation} (v2 {stage.describe()}); "
                             "nginx starts at that stage")
@@ -617,7 +592,7 @@ class Transaction:
                             f"({share(stage, prepared.inputs.mode)}), set live with no reload")
             result = "set live (lua runtime, no reload)" + self._v1_check(stage, messages)
         self._commit(generation, stage, data, master is not None, result)
-        return Outcome(generation, stage, changed=True, reloaded=False, messages=messages)
+        return Change(generation, stage, changed=True, reloaded=False, messages=messages)
 
     def _install_whitelist(self, prepared: Plan) -> Plan:
         """Write the whitelist's map file unless it is there already (its name is its content)."""
@@ -775,7 +750,7 @@ class Transaction:
 
     def _not_served_message(self, generation: int) -> str:
         seen = self.nginx.serving_generation()
-        where = f"http://{self.settings.nginx.status_listen}/lbsplit/status"
+        where = f"http://{self.settings.nginx.status_listen}{STATUS_PATH}"
         if seen is None:
             return (
                 f"nginx reloaded but nothing answers at {where} within {self.settings.nginx.verify_timeout:g}s; "
@@ -800,12 +775,12 @@ def v1_verdict(codes: list[str]) -> tuple[bool, str]:
     return len(good) == len(codes), f"v1 answers through nginx: {len(good)}/{len(codes)} ({detail})"
 
 
-def init(settings: Settings) -> Outcome:
+def init(settings: Settings) -> Change:
     """`lbsplit init`: the transaction in install-only mode (v1 only, checked, never reloaded)."""
     return Transaction(settings, "init", "first install").run(Stage.off(), install_only=True)
 
 
-def revert(settings: Settings, reason: str = "") -> Outcome:
+def revert(settings: Settings, reason: str = "") -> Change:
     """`lbsplit revert`: v2 off, even when an interrupted transaction cannot be repaired."""
     live = files.read_bytes(settings.nginx.live_file)
     serving_at = status_listen_of(live.decode("utf-8", errors="replace")) if live else None

@@ -14,7 +14,7 @@ from pathlib import Path
 from .. import whitelist as whitelist_mod
 from ..config import SplitSettings
 from ..errors import LbsplitError
-from ..nginx.dialect import WHITELIST_DIR, WhitelistFile, is_whitelist_name, whitelist_file
+from ..nginx.dialect import WHITELIST_DIR, WhitelistFile, is_whitelist_name, whitelist_map
 from . import files
 
 CACHE_FILE = "whitelist-cache.json"
@@ -51,7 +51,7 @@ def resolve(state_dir: Path, output_dir: Path, split: SplitSettings, use_cache: 
         if hit is not None:
             return hit
     wl = whitelist_mod.load(split, raw)
-    return Resolved(whitelist_file(wl.ids), tuple(wl.warnings), key, from_cache=False)
+    return Resolved(whitelist_map(wl.ids), tuple(wl.warnings), key, from_cache=False)
 
 
 def remember(state_dir: Path, resolved: Resolved) -> None:

@@ -109,6 +109,22 @@ def read_capped(raw, encoding: str) -> bytes | None:
             return None
 
 
+def _refused(error: BaseException) -> bool:
+    """A ConnectionRefusedError anywhere in the chain requests and urllib3 wrap it in (their messages vary)."""
+    stack, seen = [error], set()
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ConnectionRefusedError):
+            return True
+        reason = getattr(e, "reason", None)
+        stack += [e.__cause__, e.__context__, reason if isinstance(reason, BaseException) else None,
+                  *(a for a in e.args if isinstance(a, BaseException))]
+    return False
+
+
 def probe(url: str, timeout: float, headers: dict[str, str], clock=time.time) -> Sample:
     """GET the health endpoint once, within `timeout` seconds in all."""
     import requests  # here, not at the top: apply and revert never pay for importing it
@@ -127,8 +143,7 @@ def probe(url: str, timeout: float, headers: dict[str, str], clock=time.time) ->
     except (TimeoutError, requests.Timeout):
         return Sample(at, None, f"no answer within {timeout:g}s")
     except requests.ConnectionError as e:
-        reason = "connection refused" if "refused" in str(e).lower() else "cannot connect"
-        return Sample(at, None, reason)
+        return Sample(at, None, "connection refused" if _refused(e) else "cannot connect")
     except requests.RequestException as e:
         return Sample(at, None, f"request failed ({type(e).__name__})")
     except UnsupportedEncoding as e:

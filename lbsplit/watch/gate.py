@@ -1,32 +1,37 @@
-"""The promotion gate, and the commands that change the stage through it.
+"""The promotion gate: the checklist a widening must pass, handed to the transaction as its precheck.
 
 The gate lists items (v2's health as the judge sees it, the revert path, the watchdog,
 the live stage's soak time, the next stage's manual checks, the pre_promote hook) and
-refuses a widening when a blocking item fails; it compares no threshold itself.
-`apply`, `promote` and `revert` run the transaction with it, then the hooks and the
-notifications, which never undo a change.
+refuses a widening when a blocking item fails; it compares no threshold itself. The
+commands that run the transaction with it are in app.local.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import time
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from ..config import Settings
-from ..errors import ConfigError, GateRefused, LbsplitError
-from ..model import FINAL_METRIC_ITEMS, Bound, Level, NoData, Runtime, Stage, format_span
+from ..errors import GateRefused, LbsplitError
+from ..model import CRON_PERIOD, FINAL_METRIC_ITEMS, WATCH_GAP, Bound, Level, NoData, Runtime, Stage, format_span
 from ..nginx.dialect import carry_sizing, live_stage
-from ..rollout import files, transaction
-from ..rollout.state import StateStore
+from ..nginx.process import lua_modules
+from ..rollout import files
 from ..rollout.planning import plan
-from ..rollout.transaction import Outcome, Transaction, actor, lua_modules, now
+from ..rollout.state import StateStore
+from ..rollout.transaction import Transaction
+from ..stamps import epoch
+
+if TYPE_CHECKING:
+    from .judge import Check
 
 # The health sources, hooks and notifications load when a command needs them: a percent change
 # with no [health], hooks or notifications pays no start-up time for them.
 
 REVERT_CHECKED = "revert-checked"  # in state_dir: the revert config and nginx binary that last passed
+SITE_COPY = "site-copy.json"  # in state_dir: the site's flattened config and the files it was made from
 
 
 @dataclass(frozen=True)
@@ -41,9 +46,9 @@ class Item:
         return f"[{mark}] {self.name}: {self.detail}"
 
 
-def items_of(check: judge.Check, target: Stage) -> list[Item]:
+def items_of(check: Check, target: Stage) -> list[Item]:
     """The judge's verdict as checklist items."""
-    from . import judge  # noqa: PLC0415
+    from . import judge  # noqa: PLC0415 - only a gate with [health] judges
     at = f"at {target.describe()}"
     items = []
     for reading in check.readings:
@@ -82,7 +87,7 @@ def health_items(settings: Settings, target: Stage, probe=None, clock=time.time,
         items.append(Item("access log", False, "v2 gets no traffic yet, so the access log cannot judge it",
                           blocking=False))
     if health.uses_endpoint or health.uses_prometheus or use_log:
-        from . import endpoint, sources  # noqa: PLC0415
+        from . import endpoint, sources  # noqa: PLC0415 - only a gate with [health] loads the sources and requests
 
         check = sources.check_now(settings, health, thresholds, probe or endpoint.probe, clock, use_log=use_log,
                                   hundredths=target.hundredths)
@@ -94,15 +99,14 @@ def watchdog_item(settings: Settings, target: Stage, clock=time.time, state=None
     """Is anyone watching? While v2 is on and has been for a few check intervals, a watchdog that never checked
     this stage or stopped blocks a widening (--force overrides): nobody would revert the wider stage. Right
     after a change it only warns: cron may not have run yet."""
-    from . import judge  # noqa: PLC0415
-    from .memory import load_state  # noqa: PLC0415
+    from .memory import load_state  # noqa: PLC0415 - only the health and watchdog items need it
 
     health = settings.health
     wd = load_state(StateStore(settings.state_dir).watchdog_path)
     live = state.hundredths if state is not None and state.v2_enabled else target.hundredths
-    interval = max(judge.CRON_PERIOD, health.thresholds_for(live).check_every)
+    interval = max(CRON_PERIOD, health.thresholds_for(live).check_every)
     applied = epoch(state.applied_at) if state is not None and state.v2_enabled else None
-    settled = applied is not None and clock() - applied > judge.WATCH_GAP * interval
+    settled = applied is not None and clock() - applied > WATCH_GAP * interval
     checked_here = wd.last_check_at is not None and (state is None or wd.watched_generation in (None, state.generation))
     fix = "run `lbsplit watchdog` from cron every minute (README: The watchdog)"
     if wd.last_check_at is None or (settled and not checked_here):
@@ -115,6 +119,26 @@ def watchdog_item(settings: Settings, target: Stage, clock=time.time, state=None
     return Item("watchdog", True, f"last checked v2 {age:.0f}s ago")
 
 
+def site_copy(txn: Transaction) -> str:
+    """The site's flattened config (see nginx.flatten), kept in state_dir while every file it was made from
+    is unchanged: a widening then skips crossplane's parse of the whole config. Raises CannotFlatten."""
+    from ..nginx.flatten import SiteCopy  # noqa: PLC0415 - only the revert check needs it
+
+    kept = txn.store.dir / SITE_COPY
+    try:
+        remembered = SiteCopy.loads((files.read_bytes(kept) or b"").decode("utf-8", errors="replace"))
+    except LbsplitError:
+        remembered = None
+    if remembered is not None and txn.nginx.site_copy_is_current(remembered):
+        return remembered.text
+    made = txn.nginx.site_copy()
+    try:
+        files.atomic_write(kept, made.dumps())
+    except LbsplitError:
+        pass  # only a lost shortcut
+    return made.text
+
+
 def revert_item(txn: Transaction) -> Item:
     """The revert config must pass nginx -t, so an emergency revert cannot be the thing that fails.
 
@@ -125,7 +149,7 @@ def revert_item(txn: Transaction) -> Item:
     remembered for the revert text, the site's config and the nginx binary: the next widening with none
     of them changed skips the extra nginx -t.
     """
-    from ..nginx.flatten import CannotFlatten  # noqa: PLC0415
+    from ..nginx.flatten import CannotFlatten  # noqa: PLC0415 - only the revert check needs it
 
     lua = txn.settings.nginx.runtime == Runtime.LUA
     live = (files.read_bytes(txn.live) or b"").decode("utf-8", errors="replace")
@@ -134,7 +158,7 @@ def revert_item(txn: Transaction) -> Item:
     prepared = plan(txn.settings, Stage.off(), remember=True)
     text = carry_sizing(live, prepared.text(0))  # what a revert would install
     try:
-        copy, alone = txn.nginx.site_copy(), None
+        copy, alone = site_copy(txn), None
     except CannotFlatten as e:
         copy, alone = None, str(e)
     key = hashlib.sha256(f"{txn.nginx.identity()}\0{text}\0{copy or ''}".encode()).hexdigest()
@@ -167,13 +191,6 @@ def revert_item(txn: Transaction) -> Item:
     return Item("revert config", True, f"passes nginx -t {where}")
 
 
-def epoch(iso: str) -> float | None:
-    try:
-        return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-    except (ValueError, AttributeError):
-        return None
-
-
 def clean_time(settings: Settings, state, now: float) -> float | None:
     """Watched seconds at the live stage with no P1/P2 breach: only time between the watchdog's clean checks
     counts (see judge.watched), never time nobody watched; at most the time since the apply or last breach."""
@@ -182,7 +199,7 @@ def clean_time(settings: Settings, state, now: float) -> float | None:
     since = epoch(state.applied_at)
     if since is None:
         return None
-    from .memory import load_state  # noqa: PLC0415
+    from .memory import load_state  # noqa: PLC0415 - only the health and watchdog items need it
 
     wd = load_state(StateStore(settings.state_dir).watchdog_path)
     if wd.last_breach_at is not None and wd.last_breach_generation == state.generation:
@@ -196,17 +213,16 @@ def clean_time(settings: Settings, state, now: float) -> float | None:
 
 def unwatched_note(settings: Settings, state, now: float) -> str:
     """"" while the watchdog checks the live stage; else why the soak clock stands still."""
-    from . import judge  # noqa: PLC0415
-    from .memory import load_state  # noqa: PLC0415
+    from .memory import load_state  # noqa: PLC0415 - only the health and watchdog items need it
 
     if settings.health is None or state is None or not state.v2_enabled:
         return ""
     wd = load_state(StateStore(settings.state_dir).watchdog_path)
-    interval = max(judge.CRON_PERIOD, settings.health.thresholds_for(state.hundredths).check_every)
+    interval = max(CRON_PERIOD, settings.health.thresholds_for(state.hundredths).check_every)
     if wd.last_check_at is None or wd.watched_generation != state.generation:
         return "the watchdog has not checked this stage yet"
     age = now - wd.last_check_at
-    if age > judge.WATCH_GAP * interval:
+    if age > WATCH_GAP * interval:
         return f"the watchdog stopped {format_span(age)} ago"
     return ""
 
@@ -318,7 +334,7 @@ def precheck_for(target: Stage, force: bool, probe=None, clock=time.time, strict
             return []
         items = checklist(txn, target, probe, clock, strict=strict or txn.settings.plan.enforce_soak)
         if not [i for i in items if not i.ok and i.blocking]:
-            from . import hooks  # noqa: PLC0415
+            from . import hooks  # noqa: PLC0415 - only a widening that passed its items runs the hook
 
             smoke = hooks.run(txn.settings, "pre_promote", {"stage": target.percent, "generation": state.generation
                                                             if state else "", "from": current.percent if current
@@ -340,106 +356,6 @@ def precheck_for(target: Stage, force: bool, probe=None, clock=time.time, strict
         return lines
 
     return precheck
-
-
-def next_stage(settings: Settings) -> Stage | None:
-    """The first configured stage above the live one; None at the last stage."""
-    state = StateStore(settings.state_dir).read_state_or_none()
-    current = state.hundredths if state and state.v2_enabled else -1
-    higher = [s for s in settings.stages if s > current]
-    return Stage.at(higher[0]) if higher else None
-
-
-def _last_stage_note(settings: Settings) -> str:
-    return f"v2 is at the last stage ({Stage.at(settings.stages[-1]).describe()}): nothing to promote"
-
-
-def apply(settings: Settings, stage: Stage, reason: str = "", force: bool = False, command: str | None = None,
-          strict: bool = False):
-    """`lbsplit apply` / `promote`: the transaction with the gate as its precheck; then the post_apply hook
-    and the notification."""
-    txn = Transaction(settings, command or f"apply {stage.percent}", reason)
-    outcome = txn.run(stage, precheck=precheck_for(stage, force, strict=strict))
-    if outcome.changed:
-        _after(settings, "post_apply", (command or "apply").split()[0], outcome, reason)
-    return outcome
-
-
-def restore(settings: Settings, stage: Stage, reason: str, command: str):
-    """Put back the stage that was live a moment ago (a failed fleet change's rollback): no gate, since
-    undoing a narrowing is a widening only on paper; the post_apply hook and the notification as for apply."""
-    if not stage.v2_enabled:
-        return revert(settings, reason)
-    outcome = Transaction(settings, command, reason).run(stage)
-    if outcome.changed:
-        _after(settings, "post_apply", "apply", outcome, reason)
-    return outcome
-
-
-def revert(settings: Settings, reason: str = ""):
-    """`lbsplit revert`: the transaction first, needing nothing else; then the post_revert hook and the
-    notification, neither of which can block or undo it."""
-    outcome = transaction.revert(settings, reason)
-    if outcome.changed:
-        _after(settings, "post_revert", "revert", outcome, reason)
-    return outcome
-
-
-def _after(settings: Settings, hook: str, event: str, outcome, reason: str) -> None:
-    """Run the hook and announce the change; failures become messages (and a hook_failed event)."""
-    from . import hooks, notify  # noqa: PLC0415
-
-    result = hooks.run(settings, hook, {"stage": outcome.stage.percent if outcome.stage.v2_enabled else "off",
-                                        "generation": outcome.generation, "reason": reason})
-    if result is not None and not result.ok:
-        outcome.messages.append(f"WARNING: {result.describe()}")
-        outcome.messages.extend(notify.send(settings, "hook_failed", Level.P2, result.describe(),
-                                            {"hook": hook, "exit_code": result.code, "output": result.tail}))
-    outcome.messages.extend(notify.announce(settings, event, outcome, reason))
-
-
-def promote(settings: Settings, reason: str = "", force: bool = False, confirm: tuple[str, ...] = ()):
-    """`lbsplit promote`: record any confirmations, then apply the next stage of `stages` through the strict gate."""
-    stage = next_stage(settings)
-    state = StateStore(settings.state_dir).read_state_or_none()
-    if stage is None:
-        return Outcome(state.generation if state else 0, state.stage if state else Stage.off(), changed=False,
-                       reloaded=False, messages=[_last_stage_note(settings)])
-    notes = [record_confirmation(settings, state, stage, item, reason) for item in confirm]
-    outcome = apply(settings, stage, reason, force, command=f"promote {stage.percent}", strict=True)
-    outcome.messages[:0] = notes
-    return outcome
-
-
-def record_confirmation(settings: Settings, state, target: Stage, item: str, reason: str) -> str:
-    """A person's confirmation of a manual check for `target`, kept in the history."""
-    known = settings.plan.checks_for(target.hundredths)
-    if item not in known:
-        listed = ", ".join(f'"{k}"' for k in known) or "none"
-        raise ConfigError(f"--confirm: {item!r} is not a check of the {target.describe()} stage; its checks: {listed}")
-    txn = Transaction(settings, "confirm")
-    txn.store.ensure()
-    with txn.lock():
-        txn.store.append_history({"time": now(), "user": actor(), "command": "confirm", "item": item,
-                                  "stage": target.percent, "from": state.stage_text if state else "none",
-                                  "to": state.stage_text if state else "none",
-                                  "generation": state.generation if state else None, "reason": reason,
-                                  "result": f"confirmed \"{item}\" for {target.describe()}"})
-    return f"confirmed \"{item}\" for {target.describe()}"
-
-
-def check(settings: Settings, percent: Stage | None) -> tuple[Stage | None, list[Item]]:
-    """`lbsplit check`: the checklist for `percent` (default: the next stage), under the lock, after repair.
-
-    At the last stage with no percent given there is nothing to check: (None, [])."""
-    stage = percent if percent is not None else next_stage(settings)
-    if stage is None:
-        return None, []
-    txn = Transaction(settings, "check")
-    txn.store.ensure()
-    with txn.lock():
-        txn.repair()
-        return stage, checklist(txn, stage)
 
 
 def refuses(items: list[Item]) -> bool:

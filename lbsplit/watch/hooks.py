@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..config import Settings
 from ..errors import LbsplitError
 from ..rollout.state import StateStore
-from ..rollout.transaction import actor, now
+from ..stamps import actor, now
 
 TAIL_LINES = 5
 

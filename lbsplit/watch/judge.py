@@ -9,11 +9,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..config import CustomMetric, HealthSettings, Thresholds
+from ..config import CustomMetric, HealthSettings
 from . import stats
-from ..model import DEFAULT_LEVELS, METRICS, RATE_METRICS, Bound, Level, NoData, OnBreach, Outcome, Stage
+from ..model import (CRON_PERIOD, DEFAULT_LEVELS, METRICS, RATE_METRICS, WATCH_GAP, Bound, Level, NoData, OnBreach,
+                     Outcome, Stage, Thresholds)
 
-CRON_PERIOD = 60.0
 ENDPOINT = "endpoint"
 LOG = "log"
 PROMETHEUS = "prometheus"
@@ -297,8 +297,6 @@ def decide(consecutive: int, check: Check, failures_before_revert: int,
     count = consecutive + 1
     return Verdict(count, count >= failures_before_revert)
 
-
-WATCH_GAP = 3  # a gap of more than this many check intervals between checks stops the soak clock
 
 
 def watched(generation: int, applied_at: float | None, outcome: Outcome, now: float, interval: float,

@@ -16,6 +16,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..model import parse_span
 from ..nginx.dialect import LOG_FIELDS, UPSTREAM_OF_VARIANT
 
 CHUNK = 1 << 20
@@ -37,16 +38,11 @@ def variant_of_addr(v1, v2) -> dict[str, str]:
 
 
 def parse_duration(text: str) -> float:
-    """'5m', '30s', '1h' or plain seconds."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    raw = text.strip().lower()
-    if not raw or raw[-1] not in units:
-        raise ValueError(f"{text!r} has no unit; write e.g. 30s, 5m or 1h")
-    number, unit = raw[:-1], raw[-1]
-    try:
-        value = float(number) * units[unit]
-    except ValueError:
-        raise ValueError(f"{text!r} is not a duration; write e.g. 30s, 5m or 1h") from None
+    """A window such as '5m', '30s', '1h' (model.parse_span's grammar), up to 24 hours."""
+    value = parse_span(text)
+    if value is None:
+        bare = text.strip().replace(".", "", 1).isdigit()
+        raise ValueError(f"{text!r} {'has no unit' if bare else 'is not a duration'}; write e.g. 30s, 5m or 1h")
     if not 0 < value <= 86400:
         raise ValueError(f"{text!r} is out of range; give up to 24h")
     return value

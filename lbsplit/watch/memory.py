@@ -7,8 +7,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from ..config import Thresholds
-from ..model import METRICS
+from ..model import METRICS, Thresholds
 from ..rollout import files
 
 

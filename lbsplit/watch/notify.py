@@ -14,13 +14,14 @@ import time
 
 from ..config import Settings
 from ..model import Format, Level
-from ..rollout.transaction import now
+from ..stamps import now
 from . import endpoint
 
 ORDER = {Level.P1: 1, Level.P2: 2, Level.P3: 3}
 _BACKGROUND: list[tuple[threading.Thread, str, float]] = []  # sends still running: (thread, what, timeout)
 _DONE: list[str] = []  # errors from background sends that finished, not yet collected
 _GUARD = threading.Lock()
+_LAST: dict[str, threading.Thread] = {}  # each webhook's latest send: the next one to it waits for it
 
 
 def body(fmt: Format, event: str, level: Level, text: str, payload: dict) -> dict:
@@ -42,7 +43,8 @@ def send(settings: Settings, event: str, level: Level, text: str, payload: dict 
 
     A failing webhook blocks nothing: the posts run side by side, so the whole send takes at most
     one `notify.timeout`, however many webhooks hang. With `background` (the watchdog's check loop)
-    it returns at once; `collect` and `drain` give the errors later.
+    it returns at once; `collect` and `drain` give the errors later. One webhook gets its events in
+    the order they were sent: a send to it first waits (at most one timeout) for the one before.
     """
     if settings.notify is None:
         return []
@@ -55,14 +57,20 @@ def send(settings: Settings, event: str, level: Level, text: str, payload: dict 
         data = body(hook.format, event, level, text, payload or {})
         sink = _DONE if background else errors
 
-        def deliver(url=hook.url, data=data, sink=sink):
-            error = post(url, data, timeout)
-            if error:
-                with _GUARD:
-                    sink.append(f"notify {event}: {error}")
+        with _GUARD:
+            before = _LAST.get(hook.url)
 
-        thread = threading.Thread(target=deliver, name=f"lbsplit-notify-{event}", daemon=True)
-        thread.start()
+            def deliver(url=hook.url, data=data, sink=sink, before=before):
+                if before is not None:
+                    before.join(timeout + 0.5)  # "recovery" reaches the channel before "release_complete"
+                error = post(url, data, timeout)
+                if error:
+                    with _GUARD:
+                        sink.append(f"notify {event}: {error}")
+
+            thread = threading.Thread(target=deliver, name=f"lbsplit-notify-{event}", daemon=True)
+            _LAST[hook.url] = thread
+            thread.start()
         what = f"notify {event}: webhook {endpoint.redact(hook.url)}"
         started.append((thread, what, timeout))
     if background:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from ..config import DEFAULT_THRESHOLDS, Settings
-from ..model import DEFAULT_LEVELS, FINAL_METRIC_ITEMS, METRICS, Level, Stage, format_span
+from ..config import Settings
+from ..model import DEFAULT_LEVELS, DEFAULT_THRESHOLDS, FINAL_METRIC_ITEMS, METRICS, format_span, Level, next_stage, Stage
 from ..rollout.state import StateStore
 from ..rollout.status import live_status
 from .gate import clean_time, missing_final_metrics, unwatched_note
@@ -44,9 +44,7 @@ def plan_view(settings: Settings, clock=time.time) -> dict:
             "live": live is not None and live.v2_enabled and live.hundredths == hundredths,
         })
     position = next((s["number"] for s in stages if s["live"]), None)
-    current = live.hundredths if live is not None and live.v2_enabled else -1
-    higher = [h for h in settings.stages if h > current]
-    next_stage = Stage.at(higher[0]).percent if higher else None
+    following = next_stage(settings.stages, live)
     clean = clean_time(settings, state, clock())
     soak = settings.plan.soak_for(live.hundredths) if live is not None and live.v2_enabled else 0.0
     last = bool(settings.stages) and live is not None and live.v2_enabled and live.hundredths == settings.stages[-1]
@@ -55,7 +53,7 @@ def plan_view(settings: Settings, clock=time.time) -> dict:
         "live": live.describe() if live else "nothing applied yet",
         "position": position,
         "of": len(stages),
-        "next": next_stage,
+        "next": following.percent if following else None,
         "health": health is not None,
         "clean_for_s": clean,
         "soak_s": soak,

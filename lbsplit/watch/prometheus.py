@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import math
 
-from ..config import HealthSettings, PrometheusSettings, Thresholds
+from ..config import HealthSettings, PrometheusSettings
+from ..model import Thresholds
 from ..validate import redact
 from . import endpoint, judge
 

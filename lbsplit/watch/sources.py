@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
-from ..config import HealthSettings, Settings, Thresholds
+from ..config import HealthSettings, Settings
+from ..model import Thresholds
 from ..errors import ConfigError, EnvironmentProblem
 from . import endpoint, judge
 from .logsource import Cursor, VariantStats, Window, read_appended, read_window, variant_of_addr
@@ -50,7 +51,7 @@ def check_now(settings: Settings, health: HealthSettings, thresholds: Thresholds
     if health.uses_endpoint:
         checks.append(endpoint_check(health, thresholds, probe, hundredths))
     if health.uses_prometheus:
-        from . import prometheus  # noqa: PLC0415
+        from . import prometheus  # noqa: PLC0415 - only with source = "prometheus" (requests)
 
         checks.append(prometheus.check(health, thresholds, hundredths))
     if health.uses_log and use_log:
@@ -107,7 +108,7 @@ def incremental_log_check(settings: Settings, health: HealthSettings, thresholds
 
 def format_problem(settings: Settings, log, bad: int) -> str:
     """Why no line of the log could be read, in one line: the format nginx writes it with (from nginx -T)."""
-    from ..nginx.process import Nginx  # noqa: PLC0415
+    from ..nginx.process import Nginx  # noqa: PLC0415 - only an unreadable log asks nginx -T for its format
 
     dump = Nginx(settings.nginx).dump()
     formats = [f for f in (dump.formats_of(log) if dump else []) if not f.startswith("lbsplit ")]

@@ -12,13 +12,13 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from ..config import HealthSettings, Settings, Thresholds
+from ..config import HealthSettings, Settings
 from ..errors import ExitCode, GateRefused, LbsplitError, NotLeader
-from ..model import Level, Outcome, format_span
+from ..model import format_span, Level, next_stage, Outcome, Thresholds
 from ..rollout import files
 from ..rollout.state import StateStore
-from ..rollout.transaction import Outcome as Change
 from ..rollout.transaction import Transaction
+from ..stamps import epoch
 from . import endpoint, gate, hooks, judge, notify, sources
 from .memory import WatchdogState, active_alerts, append_check, check_record, load_state, prometheus_text, save_state
 
@@ -51,7 +51,7 @@ class Watchdog:
                  act=None, log_check=None, state_of=None, leading=None):
         self.settings = settings
         self.leading = leading  # fleet mode: () -> bool, False once another watchdog leads the fleet
-        self.act = act  # fleet mode: (target, reason) -> (change id, messages), a fleet-wide change
+        self.act = act  # fleet mode: (target, reason) -> Change, a fleet-wide change
         self.log_check = log_check  # fleet mode: (thresholds, now) -> Check over the whole fleet's access logs
         self.health = health
         self.probe = probe
@@ -91,7 +91,7 @@ class Watchdog:
         if self.health.uses_endpoint:
             checks.append(sources.endpoint_check(self.health, thresholds, self.probe, hundredths))
         if self.health.uses_prometheus:
-            from . import prometheus  # noqa: PLC0415
+            from . import prometheus  # noqa: PLC0415 - only with source = "prometheus" (requests)
 
             checks.append(prometheus.check(self.health, thresholds, hundredths))
         if self.health.uses_log and self.log_check is not None:
@@ -152,7 +152,7 @@ class Watchdog:
 
     def _in_background(self, job) -> None:
         """Run an alert's hook beside the check loop: a slow hook never delays the next check."""
-        import threading  # noqa: PLC0415
+        import threading  # noqa: PLC0415 - only an alert with an on_alert hook starts a thread
 
         def work():
             result = job()
@@ -180,7 +180,7 @@ class Watchdog:
         wd.consecutive_failures = verdict.consecutive
         interval = max(judge.CRON_PERIOD, thresholds.check_every)
         wd.watched_generation, wd.watched_s, wd.watched_last_at = judge.watched(
-            state.generation, gate.epoch(state.applied_at), check.outcome, self.clock(), interval,
+            state.generation, epoch(state.applied_at), check.outcome, self.clock(), interval,
             (wd.watched_generation, wd.watched_s, wd.watched_last_at))
         wd.last_check_at = self.clock()
         wd.last_outcome = str(check.outcome)
@@ -236,13 +236,14 @@ class Watchdog:
 
     def _auto_promote(self, state, lock) -> list[str]:
         """plan.auto_promote: the next stage, through the strict gate (soak, health, confirmed checks)."""
-        target = gate.next_stage(self.settings)
+        state_now = self.store.read_state_or_none()
+        target = next_stage(self.settings.stages, state_now.stage if state_now else None)
         if target is None:
             return []
-        state_now = self.store.read_state_or_none()
         if [i for i in gate.check_items(self.settings, state_now, target, strict=True) if not i.ok]:
             return []  # a person must confirm the manual checks first; the gate would say so
         txn = Transaction(self.settings, f"auto-promote {target.percent}", "watchdog: soak and gate passed")
+        lock.rename(txn.command)  # a person's revert ends a widening (its gate may run a long smoke test)
         precheck = gate.precheck_for(target, force=False, probe=self.probe, clock=self.clock, strict=True)
         try:
             outcome = txn.run(target, lock_held=lock, precheck=precheck)
@@ -283,9 +284,9 @@ class Watchdog:
             command = "watchdog revert" if not target.v2_enabled else f"watchdog step back to {target.percent}"
             if self.act is not None:
                 lock.release()  # this host's agent takes the lock to apply the fleet's change here too
-                change_id, lines = self.act(target, reason)
-                outcome = Change(change_id, target, changed=True, reloaded=False, messages=lines)
+                outcome = self.act(target, reason)
             else:
+                lock.rename(command)  # a step back yields to a person's revert; a revert does not
                 txn = Transaction(self.settings, command, reason, metrics=dict(check.metrics))
                 outcome = txn.run(target, tolerate_repair_failure=True, lock_held=lock)
         except NotLeader as e:

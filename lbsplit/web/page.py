@@ -39,7 +39,8 @@ svg text{font-size:11px;fill:#495057}figure{margin:8px 0}
 """
 
 
-def _e(value: object) -> str:
+def escape(value: object) -> str:
+    """HTML-escaped text (None as empty), for the page and for the action result page."""
     return html.escape("" if value is None else str(value), quote=True)
 
 
@@ -90,7 +91,7 @@ def limit_of(checks: list[dict], metric: str, bounds: tuple[str, ...], v2: list)
 def chart(chart_id: str, title: str, v2: list, v1: list, limit: list, unit: str) -> str:
     """One SVG line chart: v2 and v1 over time, the stage's limit as a dashed step line."""
     everything = v2 + v1 + limit
-    head = f'<figure id="chart-{chart_id}" data-points="{len(v2)}"><figcaption>{_e(title)}</figcaption>'
+    head = f'<figure id="chart-{chart_id}" data-points="{len(v2)}"><figcaption>{escape(title)}</figcaption>'
     if not v2 and not v1:
         return head + '<p class="muted">no checks recorded yet: the watchdog writes one point per check</p></figure>'
     t0 = min(t for t, _ in everything)
@@ -104,17 +105,17 @@ def chart(chart_id: str, title: str, v2: list, v1: list, limit: list, unit: str)
         return f"{PAD_LEFT + (t - t0) / span * plot_w:.1f},{PAD_TOP + plot_h - v / top * plot_h:.1f}"
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" width="100%" role="img" '
-             f'aria-label="{_e(title)}">',
+             f'aria-label="{escape(title)}">',
              f'<rect x="{PAD_LEFT}" y="{PAD_TOP}" width="{plot_w}" height="{plot_h}" fill="#fff" stroke="#ced4da"/>']
     for k in range(5):  # horizontal grid with its values
         v = top * k / 4
         y = PAD_TOP + plot_h - plot_h * k / 4
         parts.append(f'<line x1="{PAD_LEFT}" x2="{PAD_LEFT + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#f1f3f5"/>'
-                     f'<text x="{PAD_LEFT - 4}" y="{y + 4:.1f}" text-anchor="end">{_e(_fmt(v, unit))}</text>')
+                     f'<text x="{PAD_LEFT - 4}" y="{y + 4:.1f}" text-anchor="end">{escape(_fmt(v, unit))}</text>')
     for t, anchor in ((t0, "start"), (t1, "end")):
         x = PAD_LEFT + (t - t0) / span * plot_w
         parts.append(f'<text x="{x:.1f}" y="{HEIGHT - 8}" text-anchor="{anchor}">'
-                     f'{_e(_when(t)[11:19])}</text>')
+                     f'{escape(_when(t)[11:19])}</text>')
     if limit:
         steps = []
         for i, (t, v) in enumerate(limit):
@@ -137,7 +138,7 @@ def chart(chart_id: str, title: str, v2: list, v1: list, limit: list, unit: str)
         if points:
             last = _fmt(points[-1][1], unit)
             parts.append(f'<rect x="{x}" y="{PAD_TOP + 4}" width="10" height="10" fill="{colour}"/>'
-                         f'<text x="{x + 14}" y="{PAD_TOP + 13}">{label} {_e(last)}</text>')
+                         f'<text x="{x + 14}" y="{PAD_TOP + 13}">{label} {escape(last)}</text>')
             x += 120
     parts.append("</svg>")
     return head + "".join(parts) + "</figure>"
@@ -155,26 +156,26 @@ def summary(view: dict) -> str:
     status, plan = view["status"], view.get("plan") or {}
     serving = status.get("serving")
     rows = [
-        ("stage", f'<span id="stage" class="big">{_e(_stage_text(status))}</span>'),
-        ("generation", _e(status.get("generation"))),
-        ("plan", _e(f"stage {plan['position']} of {plan['of']}" if plan.get("position") else "not at a plan stage")
-         + (_e(f"; next {plan['next']}%") if plan.get("next") is not None else "")),
-        ("applied", _e(f"{status.get('applied_at')} by {status.get('applied_by')} ({status.get('command')})")),
+        ("stage", f'<span id="stage" class="big">{escape(_stage_text(status))}</span>'),
+        ("generation", escape(status.get("generation"))),
+        ("plan", escape(f"stage {plan['position']} of {plan['of']}" if plan.get("position") else "not at a plan stage")
+         + (escape(f"; next {plan['next']}%") if plan.get("next") is not None else "")),
+        ("applied", escape(f"{status.get('applied_at')} by {status.get('applied_by')} ({status.get('command')})")),
         ("nginx serves it", f'<span id="serving" class="{"ok" if serving else "bad"}">'
                             f'{"yes" if serving else "NO"}</span>'
                             + ("" if status.get("nginx_running", True) else " (nginx is not running)")),
     ]
     if plan.get("soak_s"):
-        rows.append(("soak", _e(f"clean for {format_span(plan.get('clean_for_s') or 0)} of "
+        rows.append(("soak", escape(f"clean for {format_span(plan.get('clean_for_s') or 0)} of "
                                 f"{format_span(plan['soak_s'])} watched")
-                     + (f' <span class="muted">({_e(plan["soak_note"])})</span>' if plan.get("soak_note") else "")))
+                     + (f' <span class="muted">({escape(plan["soak_note"])})</span>' if plan.get("soak_note") else "")))
     wd = status.get("watchdog") or {}
     if wd:
-        rows.append(("watchdog", _e(f"last check {wd.get('last_outcome') or '-'} at {_when(wd.get('last_check_at'))}, "
+        rows.append(("watchdog", escape(f"last check {wd.get('last_outcome') or '-'} at {_when(wd.get('last_check_at'))}, "
                                     f"{wd.get('failures_in_a_row', 0)} failed in a row")))
         alerts = [a for a in wd.get("active_alerts") or [] if isinstance(a, dict)] if status.get("v2_enabled") else []
         if alerts:
-            rows.append(("active alerts", '<span class="warn">' + _e(", ".join(
+            rows.append(("active alerts", '<span class="warn">' + escape(", ".join(
                 f"{a.get('level')} {a.get('rule')}" for a in alerts)) + "</span>"))
     body = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     return f'<section id="summary"><h2>Where the rollout stands</h2><table>{body}</table></section>'
@@ -187,13 +188,13 @@ def fleet_table(fleet: dict) -> str:
         reachable = h.get("reachable")
         stage = h.get("stage")
         stage_text = "-" if not isinstance(stage, int) else ("off" if stage < 0 else f"{stage / 100:g}%")
-        rows.append(f'<tr class="member"><td>{_e(h.get("host"))}</td>'
+        rows.append(f'<tr class="member"><td>{escape(h.get("host"))}</td>'
                     f'<td class="{"ok" if reachable else "bad"}">{"yes" if reachable else "UNREACHABLE"}</td>'
-                    f'<td>{_e(stage_text)}</td><td>{_e(h.get("generation"))}</td>'
+                    f'<td>{escape(stage_text)}</td><td>{escape(h.get("generation"))}</td>'
                     f'<td class="{"ok" if h.get("served") else "bad"}">{"yes" if h.get("served") else "NO"}</td>'
-                    f'<td>{_e(h.get("error") or "")}{" (revert --local)" if h.get("override") else ""}</td></tr>')
+                    f'<td>{escape(h.get("error") or "")}{" (revert --local)" if h.get("override") else ""}</td></tr>')
     target = desired.get("target")
-    head = f"desired: change {_e(desired.get('id'))}, {_e(target)} ({_e(desired.get('phase'))})" if desired else \
+    head = f"desired: change {escape(desired.get('id'))}, {escape(target)} ({escape(desired.get('phase'))})" if desired else \
         "desired: nothing yet"
     return (f'<section id="fleet"><h2>Fleet members</h2><p>{head}</p><table><tr><th>host</th><th>reachable</th>'
             f'<th>stage</th><th>generation</th><th>served</th><th>note</th></tr>{"".join(rows)}</table></section>')
@@ -201,8 +202,8 @@ def fleet_table(fleet: dict) -> str:
 
 def timeline(events: list[dict]) -> str:
     rows = "".join(
-        f'<tr class="event {_e(e["kind"])}"><td>{_e(_when(e["at"]))}</td><td>{_e(e["kind"])}</td>'
-        f'<td>{_e(e["who"])}</td><td>{_e(e["what"])}</td><td>{_e(e["why"])}</td></tr>' for e in events)
+        f'<tr class="event {escape(e["kind"])}"><td>{escape(_when(e["at"]))}</td><td>{escape(e["kind"])}</td>'
+        f'<td>{escape(e["who"])}</td><td>{escape(e["what"])}</td><td>{escape(e["why"])}</td></tr>' for e in events)
     if not events:
         rows = '<tr><td colspan="5" class="muted">no history yet: nothing has been applied</td></tr>'
     return (f'<section id="history"><h2>History</h2><table><tr><th>when</th><th>event</th><th>who</th>'
@@ -215,12 +216,12 @@ def checklist(gate: dict | None) -> str:
                 '<p class="muted">v2 is at the last stage: nothing to promote</p></section>')
     rows = "".join(
         f'<tr><td class="{"ok" if i["ok"] else ("bad" if i["blocking"] else "warn")}">'
-        f'{"ok" if i["ok"] else ("FAIL" if i["blocking"] else "warn")}</td><td>{_e(i["name"])}</td>'
-        f'<td>{_e(i["detail"])}</td></tr>' for i in gate["items"])
+        f'{"ok" if i["ok"] else ("FAIL" if i["blocking"] else "warn")}</td><td>{escape(i["name"])}</td>'
+        f'<td>{escape(i["detail"])}</td></tr>' for i in gate["items"])
     verdict = ('<p class="bad">the gate refuses this stage now</p>' if gate["refuses"]
                else '<p class="ok">the gate would let this stage through now</p>')
-    return (f'<section id="checklist"><h2>Promotion checklist for {_e(gate["stage"])}</h2>{verdict}'
-            f'<table>{rows}</table><p class="muted">{_e(gate.get("note", ""))}</p></section>')
+    return (f'<section id="checklist"><h2>Promotion checklist for {escape(gate["stage"])}</h2>{verdict}'
+            f'<table>{rows}</table><p class="muted">{escape(gate.get("note", ""))}</p></section>')
 
 
 def actions(enabled: bool) -> str:
@@ -253,9 +254,9 @@ def render(view: dict) -> str:
               if refresh > 0 else "")
     parts = [
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">",
-        f"<title>lbsplit: {_e(_stage_text(view['status']))}</title><style>{STYLE}</style></head><body>",
-        f"<header><h1>lbsplit rollout</h1><span class=\"muted\">{_e(view.get('config', ''))} - "
-        f"shown {_e(_when(view.get('now')))}</span></header><main>",
+        f"<title>lbsplit: {escape(_stage_text(view['status']))}</title><style>{STYLE}</style></head><body>",
+        f"<header><h1>lbsplit rollout</h1><span class=\"muted\">{escape(view.get('config', ''))} - "
+        f"shown {escape(_when(view.get('now')))}</span></header><main>",
         summary(view),
         fleet_table(view["fleet"]) if view.get("fleet") else "",
         f'<section id="charts"><h2>v2 against v1, per watchdog check</h2>{charts}</section>',

@@ -19,9 +19,14 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from ..app import commands
+from ..app.local import live_next
 from ..config import Settings
 from ..errors import ConfigError, LbsplitError
 from ..rollout.state import StateStore
+from ..stamps import epoch
+from ..watch import gate, planview
+from ..watch.memory import recent_checks
 from . import page
 
 CHECKS_SHOWN = 300  # points per chart
@@ -48,28 +53,24 @@ class Dashboard:
 
     def status(self, settings: Settings) -> tuple[dict, dict | None]:
         """(this host's status, the fleet's status or None)."""
-        from ..fleet import front  # noqa: PLC0415
-        from ..watch import planview  # noqa: PLC0415
 
         fleet = None
         if settings.fleet is not None:
             try:
-                fleet = front.fleet_status(settings, False)
+                fleet = commands.fleet_status(settings, False)
             except LbsplitError as e:
                 fleet = {"error": str(e), "hosts": []}
             fleet = {k: v for k, v in fleet.items() if k != "lines"}
         return planview.full_status(settings), fleet
 
     def checks(self, settings: Settings, limit: int) -> list[dict]:
-        from ..watch.memory import recent_checks  # noqa: PLC0415
 
         return recent_checks(StateStore(settings.state_dir).checks_path, limit)
 
     def gate(self, settings: Settings) -> dict | None:
         """The promotion checklist for the next stage, cached for GATE_CACHE_S."""
-        from ..watch import gate  # noqa: PLC0415
 
-        target = gate.next_stage(settings)
+        target = live_next(settings)
         key = target.describe() if target else ""
         with self._gate_lock:
             if self._gate and self._gate[1] == key and time.monotonic() - self._gate[0] < GATE_CACHE_S:
@@ -99,16 +100,14 @@ class Dashboard:
         return out
 
     def page(self) -> str:
-        from ..fleet import front  # noqa: PLC0415
-        from ..watch.gate import epoch  # noqa: PLC0415
 
         settings = self.load_settings()
         local, fleet = self.status(settings)
         checks = self.checks(settings, CHECKS_SHOWN)
         try:
-            history, _ = front.history(settings, False)
+            history, _ = commands.history(settings, False)
         except LbsplitError:
-            history, _ = front.history(settings, True)
+            history, _ = commands.history(settings, True)
         return page.render({
             "status": local, "plan": local["plan"], "fleet": fleet,
             "checks": checks, "events": page.events_of(history, checks, epoch), "gate": self.gate(settings),
@@ -206,9 +205,9 @@ def handler_for(board: Dashboard):
             code, output = board.act(what, reason, self.client_address[0])
             if "application/json" in (self.headers.get("Accept") or ""):
                 return self._json(200 if code == 0 else 409, {"command": what, "exit_code": code, "output": output})
-            body = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>lbsplit {page._e(what)}</title>"
-                    f"</head><body><h1>lbsplit {page._e(what)}: exit {code}</h1><pre id=\"output\">"
-                    f"{page._e(output)}</pre><p><a href=\"/\">back to the dashboard</a></p></body></html>")
+            body = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>lbsplit {page.escape(what)}</title>"
+                    f"</head><body><h1>lbsplit {page.escape(what)}: exit {code}</h1><pre id=\"output\">"
+                    f"{page.escape(output)}</pre><p><a href=\"/\">back to the dashboard</a></p></body></html>")
             self._send(200 if code == 0 else 409, body, "text/html; charset=utf-8")
 
     return Handler
