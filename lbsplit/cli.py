@@ -11,7 +11,7 @@ import click
 
 from . import __version__, timing
 from .config import Settings, find_config, load
-from .errors import ConfigError, ExitCode, GateRefused, LbsplitError, NotServing
+from .errors import ConfigError, ExitCode, GateRefused, Interrupted, LbsplitError, NotServing
 from .model import Change, Stage, format_span, parse_percent
 from .rollout import planning, transaction
 from .rollout.state import DamagedFile
@@ -51,7 +51,7 @@ def run(fn):
     timing.entered()
     try:
         return fn()
-    except LbsplitError as e:
+    except (LbsplitError, Interrupted) as e:
         click.echo(f"lbsplit: {e}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:  # Ctrl-C outside a transaction (which turns it into Interrupted itself)

@@ -108,8 +108,13 @@ class StructureError(LbsplitError):
     kind = "structure"
 
 
-class Interrupted(LbsplitError):
-    """A signal stopped the command; the undo scope has put the previous config back."""
+class Interrupted(BaseException):
+    """A signal stopped the command; the undo scope has put the previous config back.
+
+    Not an LbsplitError: like KeyboardInterrupt it derives from BaseException, so code that
+    handles an expected failure (`except LbsplitError`, a library's `except Exception`) cannot
+    swallow a signal and carry on as if it had not come. The CLI gives it its exit code.
+    """
 
     exit_code = ExitCode.INTERRUPTED
     kind = "interrupted"
@@ -130,7 +135,7 @@ class NotLeader(LockBusy):
 
 KINDS = {cls.kind: cls for cls in (LbsplitError, ConfigError, NginxTestFailed, ReloadFailed, LockBusy,
                                    EnvironmentProblem, UnfinishedTransaction, GateRefused, NotServing,
-                                   StructureError, Interrupted, Unreachable, NotLeader)}
+                                   StructureError, Unreachable, NotLeader)}
 
 
 def from_data(data: object) -> LbsplitError:

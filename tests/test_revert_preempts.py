@@ -2,6 +2,8 @@
 transaction is crash-safe at every step) and reverts; a command that started before the revert
 never widens after it. Real command line, real nginx, real requests."""
 
+import json
+import os
 import subprocess
 import sys
 import time
@@ -98,3 +100,26 @@ def json_stage(sb) -> bool:
 
     return json.loads(run_cli(sb.config_path, "status", "--json").stdout)["v2_enabled"]
 
+
+def test_a_watchdog_step_back_ended_by_a_revert_says_interrupted_not_revert_failed(sandbox, endpoint, webhook, tmp_path):
+    sandbox.write_config(top="stages = [10, 30, 100]", extra=(
+        f'\n[health]\nurl = "{endpoint.url}"\ntimeout = 1\nfailures_before_revert = 1\non_breach = "previous"\n'
+        f'\n[notify]\nwebhook = "{webhook.url}"\ntimeout = 2\n'))
+    assert run_cli(sandbox.config_path, "apply", "10").returncode == 0
+    assert run_cli(sandbox.config_path, "apply", "30").returncode == 0
+    endpoint.mode = "status:500"
+    barrier = tmp_path / "go"  # never created: the step back holds the lock until it is ended
+    watchdog = subprocess.Popen([sys.executable, "-m", "lbsplit", "--config", str(sandbox.config_path), "watchdog",
+                                 "--once"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "LBSPLIT_FAILPOINT": f"after-lock:wait={barrier}"})
+    wait_for(lambda: list(tmp_path.glob("go.*")), "the step back holds the lock")
+    assert "watchdog step back to 10" in (sandbox.state_dir / "lock").read_text()
+    result = run_cli(sandbox.config_path, "revert", "--reason", "a person decides")
+    assert result.returncode == 0 and "preempted" in result.stdout, result.stdout + result.stderr
+    out, err = watchdog.communicate(timeout=30)
+    assert watchdog.returncode == 130, out + err
+    assert "interrupted by SIGTERM" in err and "REVERT FAILED" not in out + err, out + err
+    log = (sandbox.state_dir / "watchdog.log").read_text()
+    assert "watchdog step back to 10 interrupted" in log and "REVERT FAILED" not in log, log
+    assert "revert_failed" not in json.dumps(webhook.received), webhook.received
+    assert share(sandbox, IDS) == 0.0

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..config import HealthSettings, Settings
-from ..errors import ExitCode, GateRefused, LbsplitError, NotLeader
+from ..errors import ExitCode, GateRefused, Interrupted, LbsplitError, NotLeader
 from ..model import format_span, Level, next_stage, Outcome, Thresholds
 from ..rollout import files
 from ..rollout.state import StateStore
@@ -252,6 +252,9 @@ class Watchdog:
             held = gate.Item(**failing[0]).line() if failing else str(e).splitlines()[0]
             self._log(f"gen={state.generation} auto-promote to {target.describe()} held: {held}")
             return []
+        except Interrupted as e:
+            self._log(f"gen={state.generation} auto-promote to {target.describe()} interrupted: {e}")
+            raise
         except LbsplitError as e:
             self._log(f"gen={state.generation} auto-promote to {target.describe()} failed: {e}")
             return [f"lbsplit watchdog: auto-promote to {target.describe()} failed: {e}"]
@@ -292,6 +295,9 @@ class Watchdog:
         except NotLeader as e:
             self._log(f"gen={state.generation} stood down: {e}")
             return RunResult(Kind.CHANGED, messages=[f"lbsplit watchdog: {e}"])
+        except Interrupted as e:  # a person's revert ended the step back: no failure to alert on, exit 130
+            self._log(f"gen={state.generation} {command} interrupted: {e}")
+            raise
         except LbsplitError as e:
             message = f"lbsplit watchdog: REVERT FAILED at {stage.describe()}: {e}"
             self._log(message)
