@@ -46,9 +46,17 @@ class Context:
         return settings
 
 
+def _unraisable(report) -> None:
+    """An interruption Python dropped (raised in a finalizer): the transaction raises it again at its next
+    step, so it is not printed as a traceback here. Anything else is reported as Python would."""
+    if not isinstance(report.exc_value, Interrupted):
+        sys.__unraisablehook__(report)
+
+
 def run(fn):
     """Call the library; expected failures become one message and the error's exit code."""
     timing.entered()
+    sys.unraisablehook = _unraisable
     try:
         return fn()
     except (LbsplitError, Interrupted) as e:

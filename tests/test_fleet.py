@@ -326,6 +326,14 @@ def test_an_interrupted_proposal_is_withdrawn_and_a_stale_one_is_taken_over(flee
     assert early.returncode == 130 and "proposal was withdrawn" in early.stderr, early
     desired = json.loads(store.get(f"{fleet.prefix}/desired").value)
     assert desired["phase"] == "committed" and desired["stage"] == {"v2": True, "hundredths": 1000}
+    # A signal whose exception Python drops (it landed in a finalizer) withdraws the proposal all the same.
+    env["LBSPLIT_FAILPOINT"] = "after-propose:term-dropped"
+    dropped = subprocess.run([sys.executable, "-m", "lbsplit", "--config", str(fleet.boxes[0].config_path),
+                              "apply", "30"], capture_output=True, text=True, env=env, timeout=60)
+    assert dropped.returncode == 130 and "proposal was withdrawn" in dropped.stderr, dropped
+    assert "Traceback" not in dropped.stderr, dropped.stderr
+    desired = json.loads(store.get(f"{fleet.prefix}/desired").value)
+    assert desired["phase"] == "committed" and desired["stage"] == {"v2": True, "hundredths": 1000}
     fleet.wait(lambda: fleet.status()["not_serving_desired"] == [], "every host at 10% again")
     assert [percent_of(fleet.served(i)) for i in range(3)] == [10, 10, 10]
     # A proposal whose command died without withdrawing it is stale once etcd has no lease of its command

@@ -47,3 +47,17 @@ def test_code_that_tolerates_an_expected_failure_does_not_swallow_a_signal(tmp_p
 def test_crossplanes_own_errors_are_still_parse_errors():
     with pytest.raises(StructureError, match="does not parse"):
         _parse("map $a $b { default 1;\n")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop is the point
+def test_a_signal_python_drops_in_a_finalizer_is_raised_again_by_the_next_check():
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    carried_on = []
+    with Signals() as signals, pytest.raises(Interrupted, match="interrupted by SIGTERM; nothing was changed"):
+        Finalized()  # the handler raises inside __del__: Python reports it to sys.unraisablehook and goes on
+        carried_on.append(True)
+        signals.check()
+    assert carried_on == [True]  # it was dropped, and the check is what raised it

@@ -378,13 +378,19 @@ def _propose_and_commit(store: Etcd, prefix: str, key: str, timeout: float, revi
 def _withdrawn_if_interrupted(store: Etcd, key: str, proposal: Desired, back: Desired):
     """SIGINT, SIGTERM or SIGHUP while proposing: withdraw the proposal (nothing was committed), then stop."""
 
-    def interrupt(signum, _frame):
-        raise Interrupted(f"interrupted by {signal.Signals(signum).name}; the proposal was withdrawn, nothing changed")
+    def interrupted() -> Interrupted:
+        return Interrupted(f"interrupted by {guard.signal}; the proposal was withdrawn, nothing changed")
 
-    guard = types.SimpleNamespace(lost=False)
+    def interrupt(signum, _frame):
+        guard.signal = signal.Signals(signum).name
+        raise interrupted()
+
+    guard = types.SimpleNamespace(lost=False, signal=None)
     previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
     try:
         yield guard
+        if guard.signal:  # Python dropped what the handler raised (in a finalizer): withdraw all the same
+            raise interrupted()
     except BaseException:
         if guard.lost:
             raise

@@ -66,6 +66,11 @@ LUA_DIRECTIVES = ("lua_shared_dict", "init_by_lua_block", "init_worker_by_lua_bl
                   "content_by_lua_block")
 
 
+class _Finalized:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def failpoint(step: str) -> None:
     """Crash on purpose at `step` when $LBSPLIT_FAILPOINT names it (tests only; a no-op otherwise)."""
     spec = os.environ.get(FAILPOINT_ENV)
@@ -78,6 +83,8 @@ def failpoint(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "term":
         os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before the next line
+    elif action == "term-dropped":  # SIGTERM inside a finalizer: Python drops what the handler raises there
+        _Finalized()
     elif action == "raise":
         raise RuntimeError(f"failpoint {step}")
     elif action.startswith("wait="):  # a barrier for race tests: say "here" (PATH.PID), go on once PATH exists
@@ -115,8 +122,20 @@ class Signals:
             self.pending = self.pending or name
             return
         self.pending = name  # a second signal during the undo must not interrupt the undo
+        self._raise()
+
+    def check(self) -> None:
+        """Raise the interruption again when a signal came and the command is still going.
+
+        Python drops an exception raised where nothing can take it (a finalizer, a weakref callback in
+        the import machinery; it reports it to sys.unraisablehook): a signal handled there would be
+        lost, and the command would carry on. Each step of the transaction before the commit point asks."""
+        if self.pending and not self.committed:
+            self._raise()
+
+    def _raise(self):
         what = "the previous config was put back" if self.touched else "nothing was changed"
-        raise Interrupted(f"interrupted by {name}; {what}")
+        raise Interrupted(f"interrupted by {self.pending}; {what}")
 
     def __enter__(self) -> "Signals":
         self._previous = {s: signal.signal(s, self._handler) for s in self.WATCHED}
@@ -377,6 +396,7 @@ class Transaction:
                 if lock.preempted:
                     messages.append(f"preempted {lock.preempted}: a revert does not wait")
             failpoint("after-lock")
+            signals.check()
             if stage.v2_enabled:
                 self._refuse_widening_past_a_revert(seen, stage)
             try:
@@ -390,6 +410,7 @@ class Transaction:
             if precheck is not None:
                 with timing.phase("gate"):
                     messages.extend(precheck(self))
+                signals.check()
             outcome = self._run_locked(prepared, messages, signals, install_only)
             if signals.pending:
                 outcome.messages.append(f"{signals.pending} arrived after nginx already served generation "
@@ -452,6 +473,7 @@ class Transaction:
         layout = self._check_layout(state, messages) if master is not None and stage.v2_enabled else None
         prepared = self._install_whitelist(prepared)
         failpoint("after-include")
+        signals.check()
         generation = self._next_generation(previous)
         with timing.phase("render"):
             data = prepared.checked_text(generation).encode("utf-8")
@@ -519,6 +541,7 @@ class Transaction:
         if previous is not None and not self.unrecorded:
             self._backup(previous, state)
         failpoint("after-backup")
+        signals.check()
         signals.touched = True
         self._journal(journal)
         try:
@@ -527,6 +550,7 @@ class Transaction:
             files.atomic_write(self.live, data)
             failpoint("after-swap")
             step()
+            signals.check()  # a signal Python dropped on the way still undoes the change
             signals.committed = True  # nginx serves it (or is not running): from here on, finish
         except BaseException as e:
             self._undo(e, previous, restore, what)
