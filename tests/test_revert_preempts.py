@@ -123,3 +123,26 @@ def test_a_watchdog_step_back_ended_by_a_revert_says_interrupted_not_revert_fail
     assert "watchdog step back to 10 interrupted" in log and "REVERT FAILED" not in log, log
     assert "revert_failed" not in json.dumps(webhook.received), webhook.received
     assert share(sandbox, IDS) == 0.0
+
+
+def test_a_revert_after_a_watchdog_step_back_lets_its_post_revert_hook_and_state_save_finish(sandbox, endpoint, tmp_path):
+    started, finished = tmp_path / "hook-started", tmp_path / "hook-finished"
+    hook = json.dumps([sys.executable, "-c", f"import pathlib, time; pathlib.Path({str(started)!r}).touch(); "
+                                             f"time.sleep(3); pathlib.Path({str(finished)!r}).touch()"])
+    sandbox.write_config(top="stages = [10, 30, 100]", extra=(
+        f'\n[health]\nurl = "{endpoint.url}"\ntimeout = 1\nfailures_before_revert = 1\non_breach = "previous"\n'
+        f'\n[hooks]\npost_revert = {hook}\ntimeout = 30\n'))
+    assert run_cli(sandbox.config_path, "apply", "10").returncode == 0
+    assert run_cli(sandbox.config_path, "apply", "30").returncode == 0
+    endpoint.mode = "status:500"
+    watchdog = start(sandbox, "watchdog", "--once")
+    wait_for(started.exists, "the watchdog stepped back and runs its post_revert hook")
+    result = run_cli(sandbox.config_path, "revert", "--reason", "a person decides")
+    assert result.returncode == 0 and "preempted" not in result.stdout, result.stdout + result.stderr
+    assert share(sandbox, IDS) == 0.0  # the person's revert serves at once, the hook still running
+    out, err = watchdog.communicate(timeout=30)
+    assert watchdog.returncode == 10, out + err  # it reverted, and finished what follows a revert
+    assert finished.exists()  # its post_revert hook was not cut off
+    watched = json.loads((sandbox.state_dir / "watchdog.json").read_text())
+    assert watched["reverts_total"] == 1 and watched["consecutive_failures"] == 0, watched
+    assert share(sandbox, IDS) == 0.0

@@ -246,7 +246,10 @@ class Watchdog:
         lock.rename(txn.command)  # a person's revert ends a widening (its gate may run a long smoke test)
         precheck = gate.precheck_for(target, force=False, probe=self.probe, clock=self.clock, strict=True)
         try:
-            outcome = txn.run(target, lock_held=lock, precheck=precheck)
+            try:
+                outcome = txn.run(target, lock_held=lock, precheck=precheck)
+            finally:
+                lock.release()  # as after a step back (_revert): what follows needs no lock
         except GateRefused as e:
             failing = [i for i in e.details.get("items", []) if not i["ok"] and i["blocking"]]
             held = gate.Item(**failing[0]).line() if failing else str(e).splitlines()[0]
@@ -291,7 +294,13 @@ class Watchdog:
             else:
                 lock.rename(command)  # a step back yields to a person's revert; a revert does not
                 txn = Transaction(self.settings, command, reason, metrics=dict(check.metrics))
-                outcome = txn.run(target, tolerate_repair_failure=True, lock_held=lock)
+                try:
+                    outcome = txn.run(target, tolerate_repair_failure=True, lock_held=lock)
+                finally:
+                    # Done or undone: the notification, the post_revert hook and the state save that follow
+                    # need no lock (a person's commands run theirs after the lock too), and a person's revert
+                    # must find it free rather than end this watchdog in the middle of them.
+                    lock.release()
         except NotLeader as e:
             self._log(f"gen={state.generation} stood down: {e}")
             return RunResult(Kind.CHANGED, messages=[f"lbsplit watchdog: {e}"])
