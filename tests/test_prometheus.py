@@ -16,6 +16,7 @@ import pytest
 
 from conftest import end, run_cli
 from fakes import _Server
+from fleet_harness import etcd, fleet, percent_of  # noqa: F401 - fixtures
 from lbsplit.watch.prometheus import value_of
 
 ERROR_RATE = ('sum(rate(app_requests_total{version="v2",code=~"5.."}[{window}])) / '
@@ -119,8 +120,8 @@ def prom(tmp_path_factory):
     exporter.close()
 
 
-def configure(sb, url, extra_queries="", metrics="", failures=1, no_data="fail"):
-    sb.write_config(whitelist=["test_user_001"], extra=f'''
+def health_section(url, extra_queries="", metrics="", failures=1, no_data="fail") -> str:
+    return f'''
 [health]
 source = "prometheus"
 failures_before_revert = {failures}
@@ -137,7 +138,11 @@ timeout = 2
 [health.prometheus.queries]
 error_rate = '{ERROR_RATE}'
 {extra_queries}
-{metrics}''')
+{metrics}'''
+
+
+def configure(sb, url, extra_queries="", metrics="", failures=1, no_data="fail"):
+    sb.write_config(whitelist=["test_user_001"], extra=health_section(url, extra_queries, metrics, failures, no_data))
 
 
 def test_prometheus_answers_are_one_number_or_no_data_saying_why():
@@ -210,3 +215,29 @@ def test_bad_prometheus_config_exits_2_naming_the_field(sandbox):
         sandbox.write_config(extra=f'\n[health]\nsource = "prometheus"\n{table}')
         result = run_cli(sandbox.config_path, "apply", "10")
         assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_in_a_fleet_the_leading_watchdog_asks_prometheus_and_reverts_every_host(fleet, prom):
+    server, exporter = prom
+    exporter.error_share = 0.0
+    for i in range(3):
+        fleet.configure(i, health=health_section(server.url))
+    try:
+        assert fleet.cli(0, "apply", "30").returncode == 0
+        server.wait(lambda: server.ask(ERROR_RATE.replace("{window}", "10s")) == 0.0, "a healthy error rate")
+        kept = fleet.cli(1, "watchdog", "--once")
+        assert kept.returncode == 0, kept.stdout + kept.stderr
+        assert [percent_of(fleet.served(i)) for i in range(3)] == [30, 30, 30]
+
+        exporter.error_share = 0.5
+        server.wait(lambda: (server.ask(ERROR_RATE.replace("{window}", "10s")) or 0) > 0.2, "errors in the window")
+        reverted = fleet.cli(1, "watchdog", "--once")
+        assert reverted.returncode == 10, reverted.stdout + reverted.stderr
+        assert "prometheus: v2 error_rate" in reverted.stdout + reverted.stderr, reverted.stdout + reverted.stderr
+        assert [fleet.served(i)["v2"] for i in range(3)] == [False] * 3
+        for sb in fleet.boxes:  # real requests through each load balancer
+            assert set(sb.variants([f"user-{i}" for i in range(200)])) == {"v1"}
+        entries = [json.loads(line) for line in fleet.cli(0, "history", "--json").stdout.splitlines()]
+        assert entries[-1]["command"] == "revert" and "prometheus: v2 error_rate" in entries[-1]["reason"], entries[-1]
+    finally:
+        exporter.error_share = 0.0
