@@ -3,8 +3,9 @@
 Every mutating command (init, apply, revert, promote, the watchdog's revert, repair)
 goes through `Transaction`. Named failpoints let the crash tests stop it at each step
 on purpose: `LBSPLIT_FAILPOINT=after-swap:kill` makes the process SIGKILL itself right
-after the swap (actions: kill, term, raise; wait=PATH holds the process there until PATH exists,
-for tests that race two commands).
+after the swap (actions: kill, term, term-dropped (SIGTERM from a finalizer, where Python drops
+what the handler raises), raise; wait=PATH holds the process there until PATH exists, for tests
+that race two commands).
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ class Signals:
         if self.pending and not self.committed:
             self._raise()
 
-    def _raise(self):
+    def _raise(self) -> NoReturn:
         what = "the previous config was put back" if self.touched else "nothing was changed"
         raise Interrupted(f"interrupted by {self.pending}; {what}")
 
