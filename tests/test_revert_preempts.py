@@ -101,13 +101,18 @@ def json_stage(sb) -> bool:
     return json.loads(run_cli(sb.config_path, "status", "--json").stdout)["v2_enabled"]
 
 
-def test_a_watchdog_step_back_ended_by_a_revert_says_interrupted_not_revert_failed(sandbox, endpoint, webhook, tmp_path):
-    sandbox.write_config(top="stages = [10, 30, 100]", extra=(
+def due_a_step_back(sb, endpoint, extra: str) -> None:
+    """v2 at 30% (stages 10, 30, 100) with a failing health endpoint: the next watchdog check steps back to 10."""
+    sb.write_config(top="stages = [10, 30, 100]", extra=(
         f'\n[health]\nurl = "{endpoint.url}"\ntimeout = 1\nfailures_before_revert = 1\non_breach = "previous"\n'
-        f'\n[notify]\nwebhook = "{webhook.url}"\ntimeout = 2\n'))
-    assert run_cli(sandbox.config_path, "apply", "10").returncode == 0
-    assert run_cli(sandbox.config_path, "apply", "30").returncode == 0
+        + extra))
+    assert run_cli(sb.config_path, "apply", "10").returncode == 0
+    assert run_cli(sb.config_path, "apply", "30").returncode == 0
     endpoint.mode = "status:500"
+
+
+def test_a_watchdog_step_back_ended_by_a_revert_says_interrupted_not_revert_failed(sandbox, endpoint, webhook, tmp_path):
+    due_a_step_back(sandbox, endpoint, f'\n[notify]\nwebhook = "{webhook.url}"\ntimeout = 2\n')
     barrier = tmp_path / "go"  # never created: the step back holds the lock until it is ended
     watchdog = subprocess.Popen([sys.executable, "-m", "lbsplit", "--config", str(sandbox.config_path), "watchdog",
                                  "--once"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -129,12 +134,7 @@ def test_a_revert_after_a_watchdog_step_back_lets_its_post_revert_hook_and_state
     started, finished = tmp_path / "hook-started", tmp_path / "hook-finished"
     hook = json.dumps([sys.executable, "-c", f"import pathlib, time; pathlib.Path({str(started)!r}).touch(); "
                                              f"time.sleep(3); pathlib.Path({str(finished)!r}).touch()"])
-    sandbox.write_config(top="stages = [10, 30, 100]", extra=(
-        f'\n[health]\nurl = "{endpoint.url}"\ntimeout = 1\nfailures_before_revert = 1\non_breach = "previous"\n'
-        f'\n[hooks]\npost_revert = {hook}\ntimeout = 30\n'))
-    assert run_cli(sandbox.config_path, "apply", "10").returncode == 0
-    assert run_cli(sandbox.config_path, "apply", "30").returncode == 0
-    endpoint.mode = "status:500"
+    due_a_step_back(sandbox, endpoint, f'\n[hooks]\npost_revert = {hook}\ntimeout = 30\n')
     watchdog = start(sandbox, "watchdog", "--once")
     wait_for(started.exists, "the watchdog stepped back and runs its post_revert hook")
     result = run_cli(sandbox.config_path, "revert", "--reason", "a person decides")
